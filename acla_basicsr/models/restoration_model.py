@@ -1,0 +1,137 @@
+import torch
+from collections import OrderedDict
+
+from basicsr.losses import build_loss
+from basicsr.metrics import calculate_metric
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger, tensor2img
+from basicsr.utils.matlab_functions import imresize
+from basicsr.utils.registry import MODEL_REGISTRY
+
+
+def bicubic_reference(lq, scale):
+    """MATLAB-bicubic upsampling of a (B, C, h, w) batch in [0, 1], the usual SR baseline."""
+    images = [imresize(img.permute(1, 2, 0).cpu().numpy(), scale) for img in lq]
+    return torch.stack([torch.from_numpy(img).permute(2, 0, 1) for img in images]).clamp_(0, 1)
+
+
+def input_reference(lq, scale):
+    """The degraded input itself, the baseline of denoising and artifact reduction."""
+    return lq
+
+
+@MODEL_REGISTRY.register()
+class RestorationModel(SRModel):
+    """SRModel with named loss terms, losses on the network's internals, and a baseline at validation.
+
+    It is the model of every network of this project; with only ``pixel_opt`` and
+    ``perceptual_opt`` it trains exactly like basicsr's ``SRModel``. Options beyond SRModel's:
+
+    - ``train.pixel_opt`` may name a loss that returns a dict of named terms (for example EARN's
+      L1 + SSIM + perceptual loss); every term is logged on its own and their sum is optimised.
+    - ``train.network_opt``: a list of losses computed from the network itself rather than from
+      its output (for example ENLCA's contrastive loss). Each is called as
+      ``loss(net, current_iter)`` with the bare network and returns a tensor, a dict of named
+      terms, or None (no contribution at this iteration, e.g. during a warm-up).
+    - ``val.reference``: the baseline whose metrics are logged beside the network's at every
+      validation, with the difference, so that a log says how much training gained:
+      'bicubic' (MATLAB-bicubic upsampling of the input; default when scale > 1), 'input'
+      (the degraded input; default when scale is 1) or ``~`` for none. Subclasses and datasets
+      with other degradations add entries to :attr:`reference_functions`.
+    """
+
+    reference_functions = {'bicubic': bicubic_reference, 'input': input_reference}
+
+    def init_training_settings(self):
+        super().init_training_settings()
+        self.cri_network = OrderedDict()
+        for loss_opt in self.opt['train'].get('network_opt') or []:
+            name = loss_opt.get('name') or f"l_{loss_opt['type']}"
+            loss_opt = {k: v for k, v in loss_opt.items() if k != 'name'}
+            self.cri_network[name] = build_loss(loss_opt).to(self.device)
+
+    @staticmethod
+    def _add_terms(terms, name, value):
+        if value is None:
+            return
+        if isinstance(value, dict):
+            terms.update((k, v) for k, v in value.items() if v is not None)
+        else:
+            terms[name] = value
+
+    def compute_losses(self, current_iter):
+        """Return the named loss terms of the current batch; their sum is optimised.
+
+        Subclasses that add terms extend this with ``super().compute_losses(current_iter)``.
+        """
+        terms = OrderedDict()
+        if self.cri_pix:
+            self._add_terms(terms, 'l_pix', self.cri_pix(self.output, self.gt))
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(self.output, self.gt)
+            self._add_terms(terms, 'l_percep', l_percep)
+            self._add_terms(terms, 'l_style', l_style)
+        net = self.get_bare_model(self.net_g)
+        for name, loss in getattr(self, 'cri_network', {}).items():
+            self._add_terms(terms, name, loss(net, current_iter))
+        return terms
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad()
+        self.output = self.net_g(self.lq)
+        loss_dict = self.compute_losses(current_iter)
+        sum(loss_dict.values()).backward()
+        self.optimizer_g.step()
+        self.log_dict = self.reduce_loss_dict(loss_dict)
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    # ------------------------------------------------------------------ validation baseline
+    def reference_name(self):
+        """The name of the validation baseline from ``val.reference`` (see the class docstring)."""
+        default = 'bicubic' if self.opt.get('scale', 1) > 1 else 'input'
+        name = self.opt.get('val', {}).get('reference', default)
+        if name is not None and name not in self.reference_functions:
+            raise ValueError(f"val.reference: unknown baseline '{name}'; use one of "
+                             f"{', '.join(sorted(self.reference_functions))} or ~.")
+        return name
+
+    def _reference_metrics(self, dataloader):
+        """Metrics of the baseline on a validation set, computed once per set and cached."""
+        dataset_name = dataloader.dataset.opt['name']
+        cache = self.__dict__.setdefault('reference_results', {})
+        if dataset_name not in cache:
+            function = self.reference_functions[self.reference_name()]
+            totals = {metric: 0.0 for metric in self.opt['val']['metrics']}
+            count = 0
+            for data in dataloader:
+                gt = data['gt']
+                ref = function(data['lq'], self.opt.get('scale', 1))[..., :gt.shape[-2], :gt.shape[-1]]
+                metric_data = {'img': tensor2img([ref]), 'img2': tensor2img([gt])}
+                for metric, metric_opt in self.opt['val']['metrics'].items():
+                    totals[metric] += calculate_metric(metric_data, metric_opt)
+                count += 1
+            cache[dataset_name] = {metric: total / max(count, 1) for metric, total in totals.items()}
+        return cache[dataset_name]
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        val_opt = self.opt.get('val') or {}
+        self._current_reference = None
+        if val_opt.get('metrics') and self.reference_name() and self.opt.get('rank', 0) == 0:
+            if 'gt' in dataloader.dataset[0]:
+                self._current_reference = self._reference_metrics(dataloader)
+        super().validation(dataloader, current_iter, tb_logger, save_img)
+
+    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
+        super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        reference = getattr(self, '_current_reference', None)
+        if not reference:
+            return
+        name = self.reference_name()
+        parts = [f'{metric}: {value:.4f} vs {name} {reference[metric]:.4f} ({value - reference[metric]:+.4f})'
+                 for metric, value in self.metric_results.items()]
+        get_root_logger().info(f'Validation {dataset_name} against {name}: ' + '; '.join(parts))
+        if tb_logger:
+            for metric, value in self.metric_results.items():
+                tb_logger.add_scalar(f'metrics/{dataset_name}/{metric}_gain_over_{name}', value - reference[metric],
+                                     current_iter)

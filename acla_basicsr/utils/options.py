@@ -1,0 +1,155 @@
+"""Checks of a parsed options dict, run before basicsr writes anything to ``experiments/``.
+
+basicsr finds a wrong option deep inside training (a ``KeyError`` from a registry, an
+``AssertionError`` from a dataset) after it has created the experiment folder. The entry points
+call :func:`check_options` right after ``parse_options``, so bad input ends with one line that
+names the option and the fix, and nothing is written.
+
+A registered dataset may define a ``check_options(opt)`` static method; it is called here with
+the dataset's options and raises :class:`OptionError` for what it rejects.
+"""
+import logging
+import os
+from os import path as osp
+
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
+
+_IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+class OptionError(ValueError):
+    """A wrong option or input file; its message is one line that names it and says the fix."""
+
+
+def _require_registered(registry, name, where):
+    if name is None:
+        raise OptionError(f'{where}: missing; set it to one of the registered names.')
+    if name not in registry:
+        known = ', '.join(sorted(k for k in registry.keys() if not k.endswith('_basicsr')))
+        raise OptionError(f"{where}: unknown {registry._name} type '{name}'; registered: {known}.")
+
+
+def _list_images(folder):
+    return sorted(v for v in os.listdir(folder) if v.lower().endswith(_IMG_EXTENSIONS))
+
+
+def _read_meta_info(lmdb_path, where):
+    meta = osp.join(lmdb_path, 'meta_info.txt')
+    if not osp.isfile(osp.join(lmdb_path, 'data.mdb')) or not osp.isfile(meta):
+        raise OptionError(f'{where}: {lmdb_path} is not an LMDB made by basicsr (data.mdb and meta_info.txt '
+                          'expected); build it with scripts/prepare_example_data.py or scripts/prepare_sr_lmdb.py.')
+    shapes = {}
+    with open(meta) as f:
+        for line in f:
+            parts = line.split()
+            if parts:
+                shapes[osp.splitext(parts[0])[0]] = tuple(int(v) for v in parts[1].strip('()').split(','))
+    return shapes
+
+
+def _check_paired(dataset_opt, where, scale, num_checked=8):
+    """Paired LQ/GT data: both exist, are non-empty, hold the same names, and differ by ``scale``."""
+    gt, lq = dataset_opt.get('dataroot_gt'), dataset_opt.get('dataroot_lq')
+    if dataset_opt.get('io_backend', {}).get('type') == 'lmdb':
+        gt_shapes = _read_meta_info(gt, f'{where}.dataroot_gt')
+        lq_shapes = _read_meta_info(lq, f'{where}.dataroot_lq')
+    else:
+        tmpl = dataset_opt.get('filename_tmpl', '{}')
+        gt_names = {osp.splitext(v)[0]: v for v in _list_images(gt)}
+        lq_names = {osp.splitext(v)[0]: v for v in _list_images(lq)}
+        gt_shapes = {k: None for k in gt_names}
+        lq_shapes = {tmpl.format(k): None for k in gt_names}
+        if set(lq_shapes) - set(lq_names):
+            missing = sorted(set(lq_shapes) - set(lq_names))
+            raise OptionError(f'{where}: {len(missing)} GT images have no LQ partner in {lq} (first: {missing[0]}); '
+                              'regenerate the LQ folder or fix filename_tmpl.')
+        lq_shapes = {k: v for k, v in lq_names.items()}
+    if not gt_shapes:
+        raise OptionError(f'{where}.dataroot_gt: {gt} holds no images; point it at a folder or LMDB of images.')
+    if len(gt_shapes) != len(lq_shapes):
+        raise OptionError(f'{where}: {len(lq_shapes)} LQ images in {lq} but {len(gt_shapes)} GT images in {gt}; '
+                          'the two must hold the same images.')
+    if dataset_opt.get('io_backend', {}).get('type') == 'lmdb':
+        if set(gt_shapes) != set(lq_shapes):
+            key = sorted(set(gt_shapes) ^ set(lq_shapes))[0]
+            raise OptionError(f'{where}: key {key} is in only one of {gt} and {lq}; rebuild both LMDBs together.')
+        pairs = [(k, gt_shapes[k], lq_shapes[k]) for k in sorted(gt_shapes)[:num_checked]]
+    else:
+        import cv2
+        pairs = []
+        for k in sorted(gt_names)[:num_checked]:
+            g = cv2.imread(osp.join(gt, gt_names[k]), cv2.IMREAD_UNCHANGED)
+            q = cv2.imread(osp.join(lq, lq_shapes[tmpl.format(k)]), cv2.IMREAD_UNCHANGED)
+            for img, name, folder in ((g, gt_names[k], gt), (q, lq_shapes[tmpl.format(k)], lq)):
+                if img is None:
+                    raise OptionError(f'{where}: cannot read {osp.join(folder, name)}; replace or remove the file.')
+            pairs.append((k, g.shape, q.shape))
+    for key, g, q in pairs:
+        if not (q[0] * scale <= g[0] < (q[0] + 1) * scale and q[1] * scale <= g[1] < (q[1] + 1) * scale):
+            raise OptionError(f'{where}: image {key} is {g[1]}x{g[0]} (GT) and {q[1]}x{q[0]} (LQ), which is not '
+                              f'scale {scale}; set scale to the factor the LQ images were made with.')
+
+
+def check_dataset(dataset_opt, phase, scale):
+    """Check one entry of ``opt['datasets']``; raise :class:`OptionError` for the first problem."""
+    where = f'datasets.{phase}'
+    _require_registered(DATASET_REGISTRY, dataset_opt.get('type'), f'{where}.type')
+    for key, value in dataset_opt.items():
+        if key.startswith('dataroot') and value is not None and not osp.exists(value):
+            raise OptionError(f'{where}.{key}: {value} does not exist; run scripts/prepare_example_data.py '
+                              '(example data) or point it at your data (see datasets/README.md).')
+        if key == 'meta_info_file' and value is not None and not osp.isfile(value):
+            raise OptionError(f'{where}.meta_info_file: {value} does not exist; give the meta_info.txt of the data.')
+    if dataset_opt.get('phase') == 'train':
+        gt_size = dataset_opt.get('gt_size')
+        if gt_size is not None and scale and gt_size % scale != 0:
+            raise OptionError(f'{where}.gt_size: {gt_size} is not divisible by scale {scale}; '
+                              f'use a multiple of {scale}, e.g. {gt_size // scale * scale or scale}.')
+    cls = DATASET_REGISTRY.get(dataset_opt['type'])
+    if hasattr(cls, 'check_options'):
+        cls.check_options(dataset_opt)
+    elif dataset_opt.get('dataroot_gt') and dataset_opt.get('dataroot_lq'):
+        _check_paired(dataset_opt, where, scale or 1)
+
+
+def check_options(opt):
+    """Check the registered types, data paths and sizes of a parsed basicsr options dict.
+
+    Args:
+        opt (dict): Options returned by ``basicsr.utils.options.parse_options``.
+
+    Raises:
+        OptionError: naming the first wrong option and how to fix it.
+    """
+    _require_registered(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
+    scale = opt.get('scale', 1)
+    if not isinstance(scale, int) or scale < 1:
+        raise OptionError(f'scale: {scale!r} is not a positive integer; use 1 (restoration), 2, 3 or 4.')
+    for key in [k for k in opt if k.startswith('network_')]:
+        _require_registered(ARCH_REGISTRY, opt[key].get('type'), f'{key}.type')
+        arch = dict(opt[key])
+        cls = ARCH_REGISTRY.get(arch.pop('type'))
+        if arch.get('upscale', scale) != scale:
+            raise OptionError(f"{key}.upscale: {arch['upscale']} differs from scale {scale}; make them equal.")
+        try:
+            cls(**arch)
+        except (TypeError, ValueError) as error:
+            raise OptionError(f'{key}: {error}') from None
+    if opt.get('is_train'):
+        for key, value in opt.get('train', {}).items():
+            if key.endswith('_opt') and isinstance(value, dict) and 'type' in value:
+                _require_registered(LOSS_REGISTRY, value['type'], f'train.{key}.type')
+        if not any(p == 'train' for p in opt['datasets']):
+            raise OptionError('datasets.train: missing; a training config needs a train dataset.')
+    if not opt.get('datasets'):
+        raise OptionError('datasets: empty; give at least one dataset.')
+    for phase, dataset_opt in opt['datasets'].items():
+        check_dataset(dataset_opt, phase, scale)
+    for key, value in opt.get('path', {}).items():
+        if key.startswith('pretrain_network') and value is not None and not osp.isfile(value):
+            raise OptionError(f'path.{key}: {value} does not exist; give a local .pth file or ~ to train from scratch.')
+    # Building networks and datasets above may have initialised basicsr's logger without its log
+    # file; forget it so that the pipeline sets it up with the file, as it expects.
+    from basicsr.utils import logger as basicsr_logger
+    if basicsr_logger.initialized_logger.pop('basicsr', None):
+        logging.getLogger('basicsr').handlers.clear()

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Build ``datasets/example/``: a small SR data set from the photographs scikit-image ships.
+
+No download: the images come with scikit-image. The layout follows basicsr's DIV2K recipe::
+
+    datasets/example/
+        train/HR_sub.lmdb                 HR sub-images (144x144, step 72), basicsr LMDB
+        train/LR_bicubic_X{2,3,4}_sub.lmdb   MATLAB-bicubic LR of the same sub-images, same keys
+        val/HR/{chelsea,coffee}.png       held-out images, mod-cropped to 12
+        val/LR_bicubic/X{2,3,4}/*.png     their MATLAB-bicubic LR
+
+Training images: astronaut, rocket, motorcycle (left view), immunohistochemistry, hubble deep
+field; held-out: chelsea, coffee. Everything is built in a temporary folder and renamed at the
+end, so an interrupted run leaves nothing half-written; a second run does nothing.
+
+Usage: python scripts/prepare_example_data.py [--root datasets/example] [--force]
+"""
+import argparse
+import os
+import os.path as osp
+import shutil
+import sys
+import tempfile
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+TRAIN_IMAGES = ('astronaut', 'rocket', 'motorcycle', 'immunohistochemistry', 'hubble_deep_field')
+VAL_IMAGES = ('chelsea', 'coffee')
+SCALES = (2, 3, 4)
+CROP, STEP, MOD = 144, 72, 12
+DONE_FILE = 'prepared.txt'
+
+
+def load_image(name):
+    """Return a scikit-image photograph as a uint8 BGR array (OpenCV order, as basicsr expects)."""
+    from skimage import data
+    img = data.stereo_motorcycle()[0] if name == 'motorcycle' else getattr(data, name)()
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def mod_crop(img, mod=MOD):
+    h, w = img.shape[:2]
+    return img[:h - h % mod, :w - w % mod]
+
+
+def bicubic_down(img, scale):
+    """MATLAB-bicubic downsampling (with antialiasing) of a uint8 image, as in basicsr's scripts."""
+    from basicsr.utils.matlab_functions import imresize
+    out = imresize(img.astype(np.float32) / 255., 1 / scale)
+    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
+
+
+def sub_images(img, crop=CROP, step=STEP):
+    """Overlapping crops as in basicsr's ``extract_subimages`` (last row/column flush with the edge)."""
+    h, w = img.shape[:2]
+    ys = list(range(0, h - crop + 1, step))
+    xs = list(range(0, w - crop + 1, step))
+    ys += [h - crop] if ys[-1] != h - crop else []
+    xs += [w - crop] if xs[-1] != w - crop else []
+    return [(y, x, img[y:y + crop, x:x + crop]) for y in ys for x in xs]
+
+
+def write_png(path, img):
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    if not cv2.imwrite(path, img):
+        raise OSError(f'cannot write {path}')
+
+
+def build(tmp_root):
+    from basicsr.utils.lmdb_util import make_lmdb_from_imgs
+
+    staging = osp.join(tmp_root, 'staging')
+    keys = []
+    for name in tqdm(TRAIN_IMAGES, desc='train sub-images', unit='image'):
+        hr = mod_crop(load_image(name))
+        for index, (_, _, crop) in enumerate(sub_images(hr), start=1):
+            key = f'{name}_s{index:03d}'
+            keys.append(key)
+            write_png(osp.join(staging, 'HR', f'{key}.png'), crop)
+            for scale in SCALES:
+                write_png(osp.join(staging, f'X{scale}', f'{key}.png'), bicubic_down(crop, scale))
+    os.makedirs(osp.join(tmp_root, 'train'), exist_ok=True)
+    for folder, lmdb_name in [('HR', 'HR_sub.lmdb')] + [(f'X{s}', f'LR_bicubic_X{s}_sub.lmdb') for s in SCALES]:
+        make_lmdb_from_imgs(
+            osp.join(staging, folder), osp.join(tmp_root, 'train', lmdb_name), [f'{k}.png' for k in keys], keys,
+            multiprocessing_read=False)
+    shutil.rmtree(staging)
+    for name in tqdm(VAL_IMAGES, desc='validation images', unit='image'):
+        hr = mod_crop(load_image(name))
+        write_png(osp.join(tmp_root, 'val', 'HR', f'{name}.png'), hr)
+        for scale in SCALES:
+            write_png(osp.join(tmp_root, 'val', 'LR_bicubic', f'X{scale}', f'{name}.png'), bicubic_down(hr, scale))
+    return keys
+
+
+def verify(root):
+    """Open every key of every LMDB and check that LR and HR keys and sizes agree."""
+    import lmdb
+    from basicsr.utils import imfrombytes
+
+    def read_keys(path):
+        with open(osp.join(path, 'meta_info.txt')) as f:
+            return [line.split()[0][:-4] for line in f if line.strip()]
+
+    hr_path = osp.join(root, 'train', 'HR_sub.lmdb')
+    keys = read_keys(hr_path)
+    for name, size in [('HR_sub.lmdb', CROP)] + [(f'LR_bicubic_X{s}_sub.lmdb', CROP // s) for s in SCALES]:
+        path = osp.join(root, 'train', name)
+        if read_keys(path) != keys:
+            raise RuntimeError(f'{path}: keys differ from {hr_path}; rebuild with --force.')
+        env = lmdb.open(path, readonly=True, lock=False, readahead=False)
+        with env.begin(write=False) as txn:
+            for key in keys:
+                buf = txn.get(key.encode('ascii'))
+                img = None if buf is None else imfrombytes(buf, float32=False)
+                if img is None or img.shape != (size, size, 3):
+                    raise RuntimeError(f'{path}: key {key} is missing or not {size}x{size}x3; rebuild with --force.')
+        env.close()
+    return len(keys)
+
+
+def prepare(root, force=False):
+    """Build the example data set under ``root`` unless it is already there; return its key count."""
+    root = osp.abspath(root)
+    if osp.isfile(osp.join(root, DONE_FILE)) and not force:
+        print(f'{root} is already prepared; nothing to do (use --force to rebuild).')
+        return verify(root)
+    os.makedirs(osp.dirname(root), exist_ok=True)
+    tmp_root = tempfile.mkdtemp(prefix='.example-', dir=osp.dirname(root))
+    try:
+        keys = build(tmp_root)
+        verify(tmp_root)
+        with open(osp.join(tmp_root, DONE_FILE), 'w') as f:
+            f.write(f'{len(keys)} HR sub-images of {CROP}x{CROP} from {", ".join(TRAIN_IMAGES)}; '
+                    f'validation: {", ".join(VAL_IMAGES)}; scales {SCALES}\n')
+        if osp.exists(root):
+            shutil.rmtree(root)
+        os.replace(tmp_root, root)
+    finally:
+        if osp.exists(tmp_root):
+            shutil.rmtree(tmp_root)
+    print(f'Prepared {root}: {len(keys)} training sub-images, {len(VAL_IMAGES)} validation images.')
+    return len(keys)
+
+
+def main(argv=None):
+    repo = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--root', default=osp.join(repo, 'datasets', 'example'), help='output folder')
+    parser.add_argument('--force', action='store_true', help='rebuild even if the folder is prepared')
+    args = parser.parse_args(argv)
+    sys.path.insert(0, repo)
+    import acla_basicsr  # noqa: F401  (makes basicsr importable with current torchvision)
+    prepare(args.root, args.force)
+
+
+if __name__ == '__main__':
+    main()
