@@ -38,6 +38,9 @@ class RestorationModel(SRModel):
       'bicubic' (MATLAB-bicubic upsampling of the input; default when scale > 1), 'input'
       (the degraded input; default when scale is 1) or ``~`` for none. Subclasses and datasets
       with other degradations add entries to :attr:`reference_functions`.
+
+    A network may define ``training_stats()`` returning a dict of floats (for example ACLA's
+    mean number of active keys); the values join the loss terms in every log line.
     """
 
     reference_functions = {'bicubic': bicubic_reference, 'input': input_reference}
@@ -83,6 +86,9 @@ class RestorationModel(SRModel):
         sum(loss_dict.values()).backward()
         self.optimizer_g.step()
         self.log_dict = self.reduce_loss_dict(loss_dict)
+        net = self.get_bare_model(self.net_g)
+        if hasattr(net, 'training_stats'):
+            self.log_dict.update(net.training_stats())
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
