@@ -21,8 +21,10 @@ def test_builds_valid_lmdbs_once(tmp_path, capsys):
         meta = [line.split() for line in open(osp.join(path, 'meta_info.txt'))]
         keys = [m[0][:-4] for m in meta]
         assert len(keys) == count
-        with lmdb.open(path, readonly=True, lock=False).begin() as txn:
+        env = lmdb.open(path, readonly=True, lock=False)
+        with env.begin() as txn:
             db_keys = [k.decode() for k, _ in txn.cursor()]
+        env.close()
         assert sorted(db_keys) == sorted(keys)
         size = prep.CROP // (1 if name.startswith('HR') else int(name.split('_X')[1][0]))
         assert all(m[1] == f'({size},{size},3)' for m in meta)
