@@ -78,3 +78,13 @@ def run_pipeline(pipeline, root_path):
         sys.exit(2)
     finally:
         pipeline.__globals__['parse_options'] = parse_options
+
+
+def main(kind, root_path):
+    """Entry point of ``acla_basicsr/train.py`` (kind 'train') and ``acla_basicsr/test.py`` ('test')."""
+    import acla_basicsr  # noqa: F401  (applies the compat fixes and registers the project's classes)
+    if kind == 'train':
+        from basicsr.train import train_pipeline as pipeline
+    else:
+        from basicsr.test import test_pipeline as pipeline
+    run_pipeline(pipeline, root_path)
