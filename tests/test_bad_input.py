@@ -26,6 +26,8 @@ CASES = [
     ('datasets.train.gt_size', 33, 'datasets.train.gt_size: 33 is not divisible by scale 2'),
     ('network_g.num_feat', 'sixty', 'network_g:'),
     ('network_g.upscale', 3, 'network_g.upscale: 3 differs from scale 2'),
+    ('train.network_opt', [{'type': 'NoSuchLoss'}], "train.network_opt[0].type: unknown loss type 'NoSuchLoss'"),
+    ('val.reference', 'lanczos', "val.reference: unknown baseline 'lanczos'"),
     ('path.pretrain_network_g', '/nonexistent/net.pth', 'path.pretrain_network_g: /nonexistent/net.pth does not exist'),
 ]
 

@@ -45,6 +45,18 @@ class RestorationModel(SRModel):
 
     reference_functions = {'bicubic': bicubic_reference, 'input': input_reference}
 
+    @classmethod
+    def check_options(cls, opt):
+        """Reject options of this model before training starts (called by ``check_options``)."""
+        from acla_basicsr.utils.options import OptionError
+        reference = (opt.get('val') or {}).get('reference')
+        if reference is not None and reference not in cls.reference_functions:
+            raise OptionError(f"val.reference: unknown baseline '{reference}'; use one of "
+                              f"{', '.join(sorted(cls.reference_functions))} or ~.")
+        network_opt = (opt.get('train') or {}).get('network_opt') or []
+        if opt.get('is_train') and not isinstance(network_opt, list):
+            raise OptionError('train.network_opt: must be a list of loss options, e.g. [{type: ..., loss_weight: ..}].')
+
     def init_training_settings(self):
         super().init_training_settings()
         self.cri_network = OrderedDict()

@@ -6,7 +6,8 @@ call :func:`check_options` right after ``parse_options``, so bad input ends with
 names the option and the fix, and nothing is written.
 
 A registered dataset may define a ``check_options(opt)`` static method; it is called here with
-the dataset's options and raises :class:`OptionError` for what it rejects.
+the dataset's options and raises :class:`OptionError` for what it rejects. A registered model
+may define a ``check_options(opt)`` class method, called with the whole options dict.
 """
 import logging
 import os
@@ -122,6 +123,9 @@ def check_options(opt):
         OptionError: naming the first wrong option and how to fix it.
     """
     _require_registered(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
+    model_cls = MODEL_REGISTRY.get(opt['model_type'])
+    if hasattr(model_cls, 'check_options'):
+        model_cls.check_options(opt)
     scale = opt.get('scale', 1)
     if not isinstance(scale, int) or scale < 1:
         raise OptionError(f'scale: {scale!r} is not a positive integer; use 1 (restoration), 2, 3 or 4.')
@@ -139,6 +143,8 @@ def check_options(opt):
         for key, value in opt.get('train', {}).items():
             if key.endswith('_opt') and isinstance(value, dict) and 'type' in value:
                 _require_registered(LOSS_REGISTRY, value['type'], f'train.{key}.type')
+        for index, value in enumerate(opt.get('train', {}).get('network_opt') or []):
+            _require_registered(LOSS_REGISTRY, value.get('type'), f'train.network_opt[{index}].type')
         if not any(p == 'train' for p in opt['datasets']):
             raise OptionError('datasets.train: missing; a training config needs a train dataset.')
     if not opt.get('datasets'):
