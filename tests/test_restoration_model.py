@@ -82,6 +82,7 @@ def test_validation_logs_bicubic_baseline(tmp_path, sr_folders):
     handler = logging.Handler()
     handler.emit = records.append
     logging.getLogger('basicsr').addHandler(handler)
+    logging.getLogger('basicsr').setLevel(logging.INFO)
     try:
         model.validation(loader, 1, None)
     finally:
