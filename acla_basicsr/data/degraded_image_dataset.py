@@ -125,6 +125,7 @@ class DegradedImageDataset(data.Dataset):
         if opt.get('scale', 1) != 1:
             raise OptionError(f"scale: {opt['scale']} with DegradedImageDataset; its degradations keep the "
                               'image size, use scale: 1.')
+        DegradedImageDataset.check_degradation_options(opt)
         backend = (opt.get('io_backend') or {}).get('type')
         if backend == 'lmdb':
             if not gt.endswith('.lmdb') or not osp.isfile(osp.join(gt, 'data.mdb')):
@@ -145,6 +146,11 @@ class DegradedImageDataset(data.Dataset):
                                   'point it at a folder of ground-truth images.')
         else:
             raise OptionError(f"{where}.io_backend.type: {backend!r}; use disk (a folder) or lmdb.")
+
+    @staticmethod
+    def check_degradation_options(opt):
+        """The checks of :meth:`check_options` that need no data: degradation, color, gt_size."""
+        where = f"datasets.{opt.get('phase', opt.get('name', '?'))}"
         degradation = opt.get('degradation')
         if not isinstance(degradation, dict) or degradation.get('type') not in DEGRADATIONS:
             kind = degradation.get('type') if isinstance(degradation, dict) else degradation
