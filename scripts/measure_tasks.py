@@ -15,7 +15,7 @@ It first prints the PSNR of the degraded inputs on whole benchmark sets, beside 
 paper's rows (JPEG on LIVE1/Classic5, Table 3; 3-channel mosaics on McMaster/Kodak24, Table 10),
 which checks the degradation and metric conventions.
 
-Usage: python scripts/measure_tasks.py [--iters 400] [--num-eval 8]
+Usage: python scripts/measure_tasks.py [--iters 400] [--num-eval 8] [--threads 1]
 """
 import argparse
 import os
@@ -61,7 +61,7 @@ def check_input_conventions():
               f'{paper:7.2f}')
 
 
-def train(config, train_lmdb, iters, workdir):
+def train(config, train_lmdb, iters, workdir, threads):
     """Train one demo config for ``iters`` iterations with the project's pipeline; return the checkpoint."""
     import yaml
     with open(osp.join(REPO, 'options', 'train', f'{config}.yml')) as f:
@@ -81,7 +81,8 @@ def train(config, train_lmdb, iters, workdir):
     start = time.time()
     with open(log, 'w') as f:
         result = subprocess.run([sys.executable, osp.join(REPO, 'acla_basicsr', 'train.py'), '-opt', path],
-                                stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+                                stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                                env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     if result.returncode:
         with open(log) as f:
             sys.exit(f'error: training {config} failed:\n' + ''.join(f.readlines()[-20:]))
@@ -133,10 +134,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--iters', type=int, default=400, help='training iterations per task')
     parser.add_argument('--num-eval', type=int, default=8, help='Kodak24 images evaluated (the first ones)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch threads; 1 avoids thread contention on a shared, loaded machine')
     args = parser.parse_args(argv)
     sys.path.insert(0, REPO)
     import acla_basicsr  # noqa: F401
     import torch
+    torch.set_num_threads(args.threads)
     for name in ('Sun_Hays80', 'Kodak24', 'LIVE1', 'Classic5', 'McMaster'):
         if not osp.isdir(osp.join(SHARED, name)):
             sys.exit(f'error: {osp.join(SHARED, name)} is absent; this check needs ../shared/datasets.')
@@ -153,7 +157,8 @@ def main(argv=None):
         with open(eval_list, 'w') as f:
             f.write(''.join(f'{n}\n' for n in sorted(os.listdir(osp.join(SHARED, 'Kodak24')))[:args.num_eval]))
         for task, (config, y, baseline) in TASKS.items():
-            opt, checkpoint, seconds = train(config, osp.join(out, 'Sun_Hays80_HR_sub.lmdb'), args.iters, workdir)
+            opt, checkpoint, seconds = train(config, osp.join(out, 'Sun_Hays80_HR_sub.lmdb'), args.iters, workdir,
+                                              args.threads)
             results.append((task, y, seconds, evaluate(opt, checkpoint, eval_list, y, baseline)))
             print(f'trained {task} in {seconds:.0f} s', flush=True)
     print(f'\nKodak24, first {args.num_eval} images; {args.iters} iterations of batch 16, 48x48 crops per task; '
