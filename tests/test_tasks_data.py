@@ -2,6 +2,7 @@
 import glob
 import importlib.util
 import os
+import shutil
 import sys
 from os import path as osp
 
@@ -220,7 +221,6 @@ def test_prepare_sr_lmdb_resumes_and_is_idempotent(tmp_path, hr_folder):
     # an interrupted run: one sub-image, one LR image and one LMDB missing, a stale partial LMDB
     os.remove(out / 'T_HR_sub' / 'im1_s003.png')
     os.remove(out / 'T_LR_bicubic' / 'X2_sub' / 'im0_s005.png')
-    import shutil
     shutil.rmtree(out / 'T_LR_bicubic_X4_sub.lmdb')
     os.makedirs(out / 'T_LR_bicubic_X4_sub.partial.lmdb')
     assert module.prepare(hr_folder, str(out), 'T', [2, 4], crop_size=32, step=16, thresh_size=0) == 16
