@@ -8,6 +8,8 @@ from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import MODEL_REGISTRY
 
+from acla_basicsr.data.degradations import DEMOSAIC_REFERENCES
+
 
 def bicubic_reference(lq, scale):
     """MATLAB-bicubic upsampling of a (B, C, h, w) batch in [0, 1], the usual SR baseline."""
@@ -43,7 +45,7 @@ class RestorationModel(SRModel):
     mean number of active keys); the values join the loss terms in every log line.
     """
 
-    reference_functions = {'bicubic': bicubic_reference, 'input': input_reference}
+    reference_functions = {'bicubic': bicubic_reference, 'input': input_reference, **DEMOSAIC_REFERENCES}
 
     @classmethod
     def check_options(cls, opt):
