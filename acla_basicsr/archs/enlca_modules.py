@@ -17,6 +17,7 @@ Tensors of the attention cores are laid out as (B, N, c): B images, N = H * W pi
 
 Nothing here is registered; :mod:`acla_basicsr.archs.enlcn_arch` builds the network.
 """
+import hashlib
 import math
 import torch
 from torch import nn as nn
@@ -67,7 +68,7 @@ def random_features(u, matrix, stabilizer=None):
 
     Args:
         u (Tensor): (..., N, c) queries or keys.
-        matrix (Tensor): F, (m, c).
+        matrix (Tensor): F, (m, c), or a batch (..., m, c) of them.
         stabilizer (str | None): None (exact phi, for tests), 'row' (subtract the max over the m
             features of each row: for queries) or 'all' (subtract the max over all rows and
             features of each batch item: for keys). Default: None.
@@ -75,14 +76,14 @@ def random_features(u, matrix, stabilizer=None):
     Returns:
         Tensor: (..., N, m).
     """
-    projection = u @ matrix.t() - 0.5 * u.pow(2).sum(dim=-1, keepdim=True)
+    projection = u @ matrix.transpose(-2, -1) - 0.5 * u.pow(2).sum(dim=-1, keepdim=True)
     if stabilizer == 'row':
         projection = projection - projection.amax(dim=-1, keepdim=True).detach()
     elif stabilizer == 'all':
         projection = projection - projection.amax(dim=(-2, -1), keepdim=True).detach()
     elif stabilizer is not None:
         raise ValueError(f"stabilizer: unknown value '{stabilizer}'; use None, 'row' or 'all'.")
-    return torch.exp(projection) / math.sqrt(matrix.shape[0])
+    return torch.exp(projection) / math.sqrt(matrix.shape[-2])
 
 
 def efficient_attention(q, k, v, matrix):
@@ -169,7 +170,10 @@ class ENLA(nn.Module):
         self.register_buffer('matrix', self._draw(num_samples, dim, seed, 0))
 
     def _draw(self, num_samples, dim, seed, draw):
-        generator = torch.Generator().manual_seed((seed << 32) + draw)
+        # torch's CPU generator keeps 32 bits of a seed: hash (seed, draw) into them, so that the
+        # streams of different modules and draws do not collide
+        key = hashlib.sha256(f'ENLA:{seed}:{draw}'.encode()).digest()
+        generator = torch.Generator().manual_seed(int.from_bytes(key[:4], 'little'))
         return draw_random_matrix(num_samples, dim, generator, self.orthogonal)
 
     @torch.no_grad()
