@@ -90,7 +90,12 @@ def efficient_attention(q, k, v, matrix):
     """Efficient non-local attention (ENLA), Eq. 5-6: D^-1 (phi(Q) (phi(K)^T V)).
 
     Costs O(2mNc + 2mNc_out + mN) multiply-accumulates (section 3.1) instead of O(N^2 c).
-    Half-precision inputs are computed in float32 (sums over N pixels can overflow float16).
+    Factors that are constant per query row (exp(-|q|^2 / 2), 1 / sqrt(m) and the max-shift of
+    :func:`random_features`) or constant over all keys of an image (1 / sqrt(m), the max-shift)
+    cancel between phi(Q) (phi(K)^T V) and D, so they are skipped or chosen for stability; the
+    result is Eq. 5-6 exactly. D is computed in the same product as the numerator, as an extra
+    column of phi(K)^T [V, 1]. Half-precision inputs are computed in float32 (sums over N pixels
+    can overflow float16).
 
     Args:
         q (Tensor): (B, N, c) queries (already amplified as in Eq. 3).
@@ -104,12 +109,20 @@ def efficient_attention(q, k, v, matrix):
     out_dtype = v.dtype
     if q.dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
-    matrix = matrix.to(q.dtype)
-    phi_q = random_features(q, matrix, stabilizer='row')  # (B, N, m)
-    phi_k = random_features(k, matrix, stabilizer='all')  # (B, N, m)
+    matrix = matrix.to(q.dtype).t()
+    # in-place shifts and exp: the products' outputs are not needed by autograd, exp keeps its result
+    phi_q = q @ matrix  # (B, N, m)
+    phi_q = phi_q.sub_(phi_q.amax(dim=-1, keepdim=True).detach()).exp_()
+    phi_k = k @ matrix
+    half_norm = 0.5 * k.pow(2).sum(dim=-1, keepdim=True)  # (B, N, 1)
+    # one shift per key: |k|^2 / 2 plus the max over the image of (k.f_l - |k|^2 / 2)
+    shift = half_norm + (phi_k.amax(dim=-1, keepdim=True) - half_norm).amax(dim=-2, keepdim=True).detach()
+    phi_k = phi_k.sub_(shift).exp_()
     kv = phi_k.transpose(1, 2) @ v  # (B, m, c_out)
-    normaliser = phi_q @ phi_k.sum(dim=1).unsqueeze(-1)  # (B, N, 1), the diagonal of D (Eq. 6)
-    out = (phi_q @ kv) / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)
+    kv = torch.cat([kv, phi_k.sum(dim=1).unsqueeze(-1)], dim=-1)  # last column: phi(K) 1_N (Eq. 6)
+    out = phi_q @ kv  # (B, N, c_out + 1)
+    normaliser = out[..., -1:]  # the diagonal of D
+    out = out[..., :-1] / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)
     return out.to(out_dtype)
 
 
@@ -130,7 +143,8 @@ def softmax_attention(q, k, v, implementation='naive'):
     if implementation == 'naive':
         return torch.softmax(q @ k.transpose(1, 2), dim=-1) @ v
     if implementation == 'sdpa':
-        return F.scaled_dot_product_attention(q, k, v, scale=1.0)
+        # strided inputs make the CPU kernel fall back to a path that builds the N x N matrix
+        return F.scaled_dot_product_attention(q.contiguous(), k.contiguous(), v.contiguous(), scale=1.0)
     raise ValueError(f"implementation: unknown value '{implementation}'; use 'naive' or 'sdpa'.")
 
 
@@ -218,7 +232,10 @@ class _EmbeddedAttention(nn.Module):
 
     def embed(self, x):
         """(B, C, H, W) -> theta(x), delta(x) as (B, N, c) and psi(x) as (B, N, C)."""
-        return tuple(conv(x).flatten(2).transpose(1, 2) for conv in (self.conv_query, self.conv_key, self.conv_value))
+        # contiguous (B, N, c): fused attention kernels fall back to slow paths on strided inputs
+        return tuple(
+            conv(x).flatten(2).transpose(1, 2).contiguous()
+            for conv in (self.conv_query, self.conv_key, self.conv_value))
 
     def attend(self, q, k, v):
         raise NotImplementedError
