@@ -1,0 +1,147 @@
+"""ENLCA against exact non-local attention: time, peak memory and MACs (ENLCA paper, Tables 4 and 5).
+
+Usage: python benchmarks/bench_enlca.py [--sizes 100 150] [--threads 1] [--repeats 5]
+
+The attention cores of one module are compared on a (1, 64, s, s) feature map, with 64-channel
+queries, keys and values and m = 128 (the setting of Table 4): ENLCA (Eq. 5-6, amplification 6),
+the naive exact attention (the N x N matrix and a softmax, Eq. 1) and torch's
+scaled_dot_product_attention (fused kernel, no N x N matrix), all in float32 on the CPU, in one
+run, so that the ratios are comparable. The 1x1 embeddings that the three share are left out of
+the timings (their MACs are in the second table).
+
+- time: median of ``--repeats`` calls after one warm-up call, ``--threads`` CPU threads; CPU time
+  of the process (what the ratios use: on a shared machine the wall time also counts the time
+  other processes hold the cores) and wall time.
+- peak memory: the rise of the process's peak resident set size (VmHWM, reset through
+  /proc/self/clear_refs after malloc_trim) during one call, above the inputs.
+- MACs: torch.utils.flop_counter.FlopCounterMode counts 2 FLOPs per multiply-accumulate and
+  only matrix products and convolutions; MACs = FLOPs / 2. The paper's Table 4 'GFLOPs' match
+  2 x MACs of the attention core without the embeddings (its 3x3 64->64 convolution row, 0.74, is
+  2 x 9 x 64 x 64 x 100 x 100 MACs), so its figures are printed beside our FLOPs.
+"""
+import argparse
+import ctypes
+import math
+import os.path as osp
+import re
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, osp.abspath(osp.join(__file__, osp.pardir, osp.pardir)))  # this checkout's package
+import acla_basicsr  # noqa: E402,F401
+from acla_basicsr.archs.enlca_modules import ENLCA, NonLocalAttention, efficient_attention, softmax_attention  # noqa: E402
+
+PAPER_GFLOPS = {'NLA (exact)': 25.60, 'ENLCA m=128': 0.66, 'conv 3x3 64->64': 0.74}  # Table 4, 100 x 100
+PAPER_MS = {100: {'NLA': 42.8, 'ENLCA': 0.9}, 150: {'NLA': 107.2, 'ENLCA': 1.6}}  # Table 5, 2080ti GPU
+
+
+def _status_bytes(key):
+    with open('/proc/self/status') as f:
+        return int(re.search(rf'{key}:\s+(\d+) kB', f.read()).group(1)) * 1024
+
+
+def peak_memory(fn):
+    """Bytes by which the process's peak resident set size rises during fn() (Linux only)."""
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except OSError:
+        pass
+    base = _status_bytes('VmRSS')
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset VmHWM to the current RSS
+    fn()
+    return _status_bytes('VmHWM') - base
+
+
+def median_time(fn, repeats):
+    """Median CPU time (all threads of the process) and wall time of fn(), after a warm-up call."""
+    fn()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        start_cpu, start_wall = time.process_time(), time.perf_counter()
+        fn()
+        cpu.append(time.process_time() - start_cpu)
+        wall.append(time.perf_counter() - start_wall)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def macs(fn):
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops() / 2
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--sizes', type=int, nargs='+', default=[100, 150])
+    parser.add_argument('--channels', type=int, default=64)
+    parser.add_argument('--samples', type=int, default=128)
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    c = args.channels
+    module = ENLCA(num_feat=c, num_embed_feat=c, num_samples=args.samples).eval()
+    exact_module = NonLocalAttention(num_feat=c, num_embed_feat=c, implementation='naive').eval()
+    exact_module.load_state_dict(module.state_dict(), strict=False)
+    matrix = module.attention.matrix
+    scale = math.sqrt(module.amplification)
+
+    print(f'torch {torch.__version__}, CPU, {args.threads} thread(s), float32, batch 1, {c} channels, '
+          f'm = {args.samples}; median of {args.repeats} calls')
+    print('\n| input | method | CPU time (ms) | wall time (ms) | peak memory (MiB) | CPU time / ENLCA | '
+          'paper Table 5 (ms, 2080ti) |')
+    print('|---|---|---|---|---|---|---|')
+    with torch.no_grad():
+        for size in args.sizes:
+            x = torch.randn(1, c, size, size)
+            q, k, v = module.embed(x)
+            q = (torch.nn.functional.normalize(q, dim=-1) * scale).contiguous()
+            k = (torch.nn.functional.normalize(k, dim=-1) * scale).contiguous()
+            v = v.contiguous()
+            methods = {
+                'ENLCA (Eq. 5-6)': lambda: efficient_attention(q, k, v, matrix),
+                'exact, naive softmax': lambda: softmax_attention(q, k, v, 'naive'),
+                'exact, scaled_dot_product_attention': lambda: softmax_attention(q, k, v, 'sdpa'),
+            }
+            results = {}
+            for name, fn in methods.items():
+                repeats = args.repeats if name.startswith('ENLCA') else max(1, min(args.repeats, 3))
+                results[name] = (median_time(fn, repeats), peak_memory(fn))
+            enlca_time = results['ENLCA (Eq. 5-6)'][0][0]
+            for name, ((cpu, wall), memory) in results.items():
+                paper = PAPER_MS[size]['ENLCA' if name.startswith('ENLCA') else 'NLA'] if size in PAPER_MS else '-'
+                print(f'| {size}x{size} | {name} | {cpu * 1e3:.1f} | {wall * 1e3:.1f} | {memory / 2**20:.1f} | '
+                      f'{cpu / enlca_time:.1f}x | {paper} |')
+            fastest_exact = min(results['exact, naive softmax'][0][0], results['exact, scaled_dot_product_attention'][0][0])
+            print(f'| {size}x{size} | ENLCA speed-up over the faster exact peer | | | | '
+                  f'**{fastest_exact / enlca_time:.1f}x** | |')
+            del q, k, v
+
+        size = 100
+        x = torch.randn(1, c, size, size)
+        q, k, v = module.embed(x)
+        conv = torch.nn.Conv2d(c, c, 3, 1, 1)
+        rows = [
+            ('NLA (exact)', macs(lambda: softmax_attention(q, k, v, 'naive')), macs(lambda: exact_module(x))),
+            ('ENLCA m=128', macs(lambda: efficient_attention(q, k, v, matrix)), macs(lambda: module(x))),
+            ('conv 3x3 64->64', macs(lambda: conv(x)), macs(lambda: conv(x))),
+        ]
+    print(f'\nMACs of one module at {size}x{size}, {c} channels (FlopCounterMode; MACs = FLOPs / 2)')
+    print('\n| module | attention core GMACs | core GFLOPs | paper Table 4 GFLOPs | '
+          'whole module with 1x1 embeddings, GMACs |')
+    print('|---|---|---|---|---|')
+    for name, core, whole in rows:
+        print(f'| {name} | {core / 1e9:.3f} | {2 * core / 1e9:.2f} | {PAPER_GFLOPS[name]:.2f} | {whole / 1e9:.3f} |')
+    predicted = 2 * args.samples * size * size * c * 2 + args.samples * size * size
+    print(f'\nSection 3.1 predicts 2mNc + 2mNc_out + mN = {predicted / 1e9:.3f} G MACs for the ENLCA core '
+          f'and 2 N^2 c = {2 * (size * size)**2 * c / 1e9:.2f} G MACs for NLA.')
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,398 @@
+"""Numerical tests of ENLCA (random-feature attention, Eq. 3-7), ENLCN and the contrastive loss (Eq. 8-10)."""
+import glob
+import math
+import os.path as osp
+
+import pytest
+import torch
+import yaml
+
+import acla_basicsr  # noqa: F401  (registers the project's classes)
+from acla_basicsr.archs.enlca_modules import (ENLA, ENLCA, NonLocalAttention, draw_random_matrix,
+                                              efficient_attention, random_features, softmax_attention)
+from acla_basicsr.archs.enlcn_arch import ENLCN
+from acla_basicsr.losses.enlca_contrastive_loss import ENLCAContrastiveLoss
+from basicsr.losses import build_loss
+from basicsr.utils.registry import ARCH_REGISTRY
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+
+
+def tiny_enlcn(**kwargs):
+    args = dict(num_feat=16, num_block=4, upscale=2, res_scale=1, attention_positions=[0, 2, 4], num_embed_feat=8,
+                num_samples=16, redraw_every=3)
+    args.update(kwargs)
+    return ENLCN(**args)
+
+
+def kernel_estimates(q, k, matrices):
+    """phi(q).phi(k) (Eq. 4, exact phi) for each of R random matrices (R, m, c) -> (R,)."""
+    phi_q = random_features(q.expand(matrices.shape[0], 1, -1), matrices)
+    phi_k = random_features(k.expand(matrices.shape[0], 1, -1), matrices)
+    return (phi_q * phi_k).sum(dim=(-2, -1))
+
+
+def pair_with_sum_norm(c, norm_z, generator):
+    """Unit-free q, k in R^c with |q + k| = norm_z and q.k fixed by the construction."""
+    direction = torch.randn(c, generator=generator, dtype=torch.float64)
+    direction = direction / direction.norm()
+    other = torch.randn(c, generator=generator, dtype=torch.float64)
+    other = other - (other @ direction) * direction
+    other = other / other.norm()
+    q = 0.5 * norm_z * direction + 0.3 * other
+    k = 0.5 * norm_z * direction - 0.3 * other
+    return q, k
+
+
+# ---------------------------------------------------------------------------- Eq. 4 and Eq. 7
+@pytest.mark.parametrize('orthogonal', [False, True])
+def test_random_features_are_unbiased(orthogonal):
+    """Averaged over many random matrices, phi(q).phi(k) approaches exp(q.k) (Eq. 4)."""
+    g = torch.Generator().manual_seed(0)
+    c, m, repeats = 8, 16, 3000
+    q, k = pair_with_sum_norm(c, 1.0, g)
+    matrices = torch.stack([draw_random_matrix(m, c, g, orthogonal, torch.float64) for _ in range(repeats)])
+    estimates = kernel_estimates(q, k, matrices)
+    exact = torch.exp(q @ k)
+    standard_error = estimates.std() / math.sqrt(repeats)
+    assert abs(estimates.mean() - exact) < 4 * standard_error
+    assert abs(estimates.mean() / exact - 1) < 0.02
+
+
+def test_variance_follows_eq7():
+    """Var(phi(q).phi(k)) = K^2 (exp(|q + k|^2) - 1) / m for i.i.d. samples (Eq. 7).
+
+    It grows with |q + k| and falls as 1/m.
+    """
+    g = torch.Generator().manual_seed(1)
+    c, repeats = 8, 4000
+    variances = {}
+    for norm_z in (0.5, 1.0):
+        q, k = pair_with_sum_norm(c, norm_z, g)
+        for m in (8, 32):
+            matrices = draw_random_matrix(repeats * m, c, g, orthogonal=False, dtype=torch.float64).view(repeats, m, c)
+            estimates = kernel_estimates(q, k, matrices)
+            predicted = torch.exp(q @ k)**2 * (math.exp(norm_z**2) - 1) / m
+            variances[norm_z, m] = estimates.var().item()
+            assert variances[norm_z, m] / predicted.item() == pytest.approx(1, abs=0.12)
+    for m in (8, 32):
+        assert variances[1.0, m] > 2 * variances[0.5, m]
+    for norm_z in (0.5, 1.0):
+        assert variances[norm_z, 8] / variances[norm_z, 32] == pytest.approx(4, rel=0.15)
+
+
+def test_orthogonal_matrix_rows():
+    """Rows of one block are orthogonal; every row keeps the norm distribution of N(0, I_c)."""
+    g = torch.Generator().manual_seed(2)
+    matrix = draw_random_matrix(24, 8, g, orthogonal=True, dtype=torch.float64)
+    block = matrix[:8]
+    gram = block @ block.t()
+    assert torch.allclose(gram - torch.diag(torch.diagonal(gram)), torch.zeros(8, 8, dtype=gram.dtype), atol=1e-10)
+    norms = torch.stack([draw_random_matrix(128, 8, g, True, torch.float64) for _ in range(50)]).norm(dim=-1)
+    assert norms.pow(2).mean().item() == pytest.approx(8, rel=0.05)  # E|f|^2 = c for f ~ N(0, I_c)
+
+
+# ---------------------------------------------------------------------------- attention vs Eq. 1
+def _qkv(generator, b=2, n=64, c=8, c_out=5, amplification=1.0):
+    q = torch.nn.functional.normalize(torch.randn(b, n, c, generator=generator, dtype=torch.float64), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(b, n, c, generator=generator, dtype=torch.float64), dim=-1)
+    v = torch.randn(b, n, c_out, generator=generator, dtype=torch.float64)
+    s = math.sqrt(amplification)
+    return q * s, k * s, v
+
+
+def _attention_error(q, k, v, m, orthogonal, repeats, generator):
+    exact = softmax_attention(q, k, v)
+    errors = []
+    for _ in range(repeats):
+        matrix = draw_random_matrix(m, q.shape[-1], generator, orthogonal, torch.float64)
+        errors.append((efficient_attention(q, k, v, matrix) - exact).pow(2).mean())
+    # root-mean-square error in units of the values' scale
+    return torch.stack(errors).mean().sqrt().item() / v.pow(2).mean().sqrt().item()
+
+
+def test_stabilised_attention_equals_unstabilised_formula():
+    """The max-shifts of the features cancel: Eq. 5-6 with the exact phi give the same output."""
+    g = torch.Generator().manual_seed(3)
+    q, k, v = _qkv(g, amplification=6.0)
+    matrix = draw_random_matrix(32, 8, g, True, torch.float64)
+    phi_q, phi_k = random_features(q, matrix), random_features(k, matrix)
+    direct = (phi_q @ (phi_k.transpose(1, 2) @ v)) / (phi_q @ phi_k.sum(1).unsqueeze(-1))
+    assert torch.allclose(efficient_attention(q, k, v, matrix), direct, rtol=1e-10, atol=1e-12)
+    # large norms overflow the exact phi but not the stabilised module
+    big = efficient_attention(q * 10, k * 10, v, matrix)
+    assert torch.isfinite(big).all()
+
+
+def test_efficient_attention_approaches_softmax_as_m_grows():
+    """Without amplification (k = 1), ENLA's output approaches exact softmax attention as m grows."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = _qkv(g)
+    errors = [_attention_error(q, k, v, m, True, 10, g) for m in (8, 64, 512)]
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05
+    assert errors[0] / errors[2] > 3  # about sqrt(512 / 8) = 8 for an error ~ 1 / sqrt(m)
+
+
+def test_orthogonal_samples_lower_the_error():
+    """Orthogonal random samples give a lower attention error than i.i.d. ones at equal m."""
+    g = torch.Generator().manual_seed(5)
+    q, k, v = _qkv(g, c=16)
+    iid = _attention_error(q, k, v, 16, False, 100, g)
+    orthogonal = _attention_error(q, k, v, 16, True, 100, g)
+    assert orthogonal < 0.95 * iid
+
+
+def test_enlca_module_approaches_exact_module():
+    """ENLCA and NonLocalAttention share parameters; with k = 1 their outputs converge as m grows."""
+    torch.manual_seed(0)
+    exact = NonLocalAttention(num_feat=8, num_embed_feat=4, amplification=1.0, implementation='naive').eval()
+    x = torch.randn(1, 8, 8, 8)
+    with torch.no_grad():
+        reference = exact(x) - x
+        errors = []
+        for m in (4, 64, 1024):
+            module = ENLCA(num_feat=8, num_embed_feat=4, num_samples=m, amplification=1.0, seed=7).eval()
+            missing, unexpected = module.load_state_dict(exact.state_dict(), strict=False)
+            assert not unexpected and all(key.startswith('attention.') for key in missing)
+            errors.append(((module(x) - x - reference).norm() / reference.norm()).item())
+        sdpa = NonLocalAttention(num_feat=8, num_embed_feat=4, amplification=1.0).eval()
+        sdpa.load_state_dict(exact.state_dict())
+        assert torch.allclose(sdpa(x), exact(x), atol=1e-5)
+    assert errors[0] > errors[1] > errors[2]
+    assert errors[2] < 0.05
+
+
+# ---------------------------------------------------------------------------- redraws, eval, checkpoints
+def test_redraw_schedule_and_seeds():
+    """F is redrawn every redraw_every training passes, identically for two modules with one seed."""
+    a, b = ENLA(8, 16, redraw_every=3, seed=5), ENLA(8, 16, redraw_every=3, seed=5)
+    other = ENLA(8, 16, redraw_every=3, seed=6)
+    assert torch.equal(a.matrix, b.matrix) and not torch.equal(a.matrix, other.matrix)
+    q = torch.randn(1, 10, 8)
+    seen = [a.matrix.clone()]
+    for step in range(7):
+        a(q, q, q)
+        b(q, q, q)
+        seen.append(a.matrix.clone())
+        assert torch.equal(a.matrix, b.matrix)
+    # passes 1-3 use draw 0, passes 4-6 draw 1, pass 7 draw 2
+    assert [int(torch.equal(s, seen[0])) for s in seen] == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert not torch.equal(seen[4], seen[7]) and int(a.num_draws) == 2
+    a.eval()
+    before = a.matrix.clone()
+    for _ in range(5):
+        a(q, q, q)
+    assert torch.equal(a.matrix, before) and int(a.forward_count) == 1
+    fixed = ENLA(8, 16, redraw_every=0)
+    start = fixed.matrix.clone()
+    for _ in range(5):
+        fixed(q, q, q)
+    assert torch.equal(fixed.matrix, start)
+
+
+def test_eval_is_deterministic_and_checkpoint_reproduces(tmp_path):
+    torch.manual_seed(0)
+    net = tiny_enlcn()
+    x = torch.rand(1, 3, 12, 12)
+    for _ in range(4):  # past one redraw
+        net(x)
+    net.eval()
+    with torch.no_grad():
+        out = net(x)
+        assert torch.equal(out, net(x))
+    path = tmp_path / 'net.pth'
+    torch.save(net.state_dict(), path)
+    torch.manual_seed(123)
+    loaded = tiny_enlcn()
+    loaded.load_state_dict(torch.load(path))
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out)
+    # a resumed run continues the same sequence of random matrices
+    net.train()
+    loaded.train()
+    for _ in range(3):
+        net(x)
+        loaded(x)
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key]), key
+
+
+# ---------------------------------------------------------------------------- network
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_enlcn_shapes_and_modules(scale):
+    net = tiny_enlcn(upscale=scale)
+    assert list(net.attention.keys()) == ['0', '2', '4']
+    assert [m.attention.seed.item() for m in net.attention.values()] == [0, 2, 4]
+    y = net(torch.rand(2, 3, 10, 9))
+    assert y.shape == (2, 3, 10 * scale, 9 * scale)
+
+
+def test_enlcn_keeps_edsr_parameter_names():
+    edsr = ARCH_REGISTRY.get('EDSR')(3, 3, num_feat=16, num_block=4, upscale=2)
+    net = tiny_enlcn()
+    missing, unexpected = net.load_state_dict(edsr.state_dict(), strict=False)
+    assert not unexpected and all(key.startswith('attention.') for key in missing)
+
+
+def test_enlcn_default_positions():
+    assert tiny_enlcn(num_block=16, attention_positions=None).attention_positions == [0, 8, 16]
+
+
+@pytest.mark.parametrize('kwargs, key', [
+    (dict(attention_positions=[0, 5]), 'attention_positions'),
+    (dict(attention_positions=[2, 2]), 'attention_positions'),
+    (dict(upscale=5), 'upscale'),
+    (dict(num_samples=0), 'num_samples'),
+    (dict(amplification=-1), 'amplification'),
+    (dict(redraw_every=-2), 'redraw_every'),
+])
+def test_enlcn_rejects_bad_arguments(kwargs, key):
+    with pytest.raises(ValueError, match=f'^{key}:') as info:
+        tiny_enlcn(**kwargs)
+    assert '\n' not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- contrastive loss
+def reference_contrastive_loss(q, k, amplification, n1=0.02, n2=0.08, margin=1.0):
+    """Eq. 8-10 with Python loops, sorted rows and explicit means (slow; small inputs only)."""
+    b, n, _ = q.shape
+    count = max(1, round(n1 * n))
+    start = max(round(n2 * n), count + 1)  # 1-indexed rank of the first irrelevant key
+    total = 0.0
+    for i_b in range(b):
+        for i in range(n):
+            row = sorted((amplification * float(q[i_b, i] @ k[i_b, j]) / float(q[i_b, i].norm() * k[i_b, j].norm())
+                          for j in range(n)), reverse=True)
+            relevant = sum(math.exp(t) for t in row[:count]) / count
+            irrelevant = sum(math.exp(t) for t in row[start - 1:start - 1 + count]) / count
+            total += max(0.0, margin - math.log(relevant / irrelevant))
+    return total / (b * n)
+
+
+def _stored_module(q, k, amplification=6.0):
+    module = ENLCA(num_feat=4, num_embed_feat=q.shape[-1], num_samples=4, amplification=amplification)
+    module.stored_embeddings = (torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1))
+    return module
+
+
+def test_contrastive_loss_equals_reference():
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(2, 120, 6, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 120, 6, generator=g, dtype=torch.float64)
+    loss = ENLCAContrastiveLoss(loss_weight=1.0, num_queries=None, warmup_iter=0)
+    value = loss(_stored_module(q, k))
+    assert value.item() == pytest.approx(reference_contrastive_loss(q, k, 6.0), rel=1e-9)
+    assert value.item() > 0
+    weighted = ENLCAContrastiveLoss(loss_weight=1e-3, num_queries=None, reduction='sum', warmup_iter=0)
+    assert weighted(_stored_module(q, k)).item() == pytest.approx(1e-3 * 240 * value.item(), rel=1e-9)
+
+
+def test_contrastive_loss_row_sampling_is_unbiased():
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, 100, 6, generator=g, dtype=torch.float64)
+    k = torch.randn(1, 100, 6, generator=g, dtype=torch.float64)
+    rows = ENLCAContrastiveLoss(loss_weight=1.0, num_queries=None, warmup_iter=0, reduction='none')(
+        _stored_module(q, k))
+    sampled_loss = ENLCAContrastiveLoss(loss_weight=1.0, num_queries=10, warmup_iter=0, reduction='none')
+    torch.manual_seed(0)
+    samples = torch.cat([sampled_loss(_stored_module(q, k)) for _ in range(400)])
+    # each sampled term is one of the full rows' terms, and their mean estimates the full mean
+    assert torch.isclose(samples.unsqueeze(1), rows.unsqueeze(0)).any(dim=1).all()
+    assert abs(samples.mean() - rows.mean()) < 4 * rows.std() / math.sqrt(samples.numel())
+
+
+def test_contrastive_loss_zero_beyond_margin():
+    """Relevant keys (cos 1) beat irrelevant ones (cos -1) by far more than the margin: no loss."""
+    n, c = 100, 4
+    e = torch.eye(c, dtype=torch.float64)[0]
+    q = e.expand(1, n, c).clone()
+    k = torch.cat([e.expand(5, c), -e.expand(n - 5, c)]).unsqueeze(0)  # 5 relevant keys per query
+    loss = ENLCAContrastiveLoss(loss_weight=1.0, num_queries=None, warmup_iter=0)
+    assert loss(_stored_module(q, k)).item() == 0
+    assert reference_contrastive_loss(q, k, 6.0) == 0
+    # with a small amplification the gap 2k = 0.4 is below the margin, and the loss is 1 - 0.4
+    assert loss(_stored_module(q, k, amplification=0.2)).item() == pytest.approx(0.6)
+
+
+def test_contrastive_loss_trains_embeddings():
+    """Training only the query/key embeddings with the loss lowers it on a toy problem."""
+    torch.manual_seed(0)
+    module = ENLCA(num_feat=8, num_embed_feat=4, num_samples=8)
+    x = torch.randn(2, 8, 10, 10)
+    loss = ENLCAContrastiveLoss(loss_weight=1.0, warmup_iter=0, num_queries=50)
+    params = list(module.conv_query.parameters()) + list(module.conv_key.parameters())
+    optimizer = torch.optim.Adam(params, lr=1e-2)
+    frozen = [p.clone() for p in module.conv_value.parameters()]
+    values = []
+    module.store_embeddings = True
+    for _ in range(60):
+        module(x)
+        value = loss(module)
+        optimizer.zero_grad()
+        value.backward()
+        optimizer.step()
+        values.append(value.item())
+    assert sum(values[-5:]) / 5 < 0.5 * sum(values[:5]) / 5
+    assert all(torch.equal(a, b) for a, b in zip(frozen, module.conv_value.parameters()))
+
+
+def test_contrastive_loss_warmup_and_storage():
+    """During the warm-up: no term, nothing stored; the modules store from the iteration after it."""
+    net = tiny_enlcn()
+    loss = build_loss(dict(type='ENLCAContrastiveLoss', warmup_iter=2, num_queries=8))
+    x = torch.rand(1, 3, 12, 12)
+    results = []
+    for it in range(1, 5):
+        net(x)
+        stored = [m.stored_embeddings is not None for m in net.attention.values()]
+        results.append((all(stored), loss(net, it) is not None))
+    assert results == [(False, False), (False, False), (True, True), (True, True)]
+    net.eval()
+    net(x)
+    assert all(m.stored_embeddings is None for m in net.attention.values())
+
+
+def test_contrastive_loss_arguments():
+    with pytest.raises(ValueError, match='reduction'):
+        ENLCAContrastiveLoss(reduction='max')
+    with pytest.raises(ValueError, match='^n1, n2'):
+        ENLCAContrastiveLoss(n1=0.5, n2=0.8)
+    with pytest.raises(ValueError, match='no ENLCA module'):
+        ENLCAContrastiveLoss()(torch.nn.Conv2d(1, 1, 1), 1)
+    with pytest.raises(ValueError, match='too small'):
+        ENLCAContrastiveLoss().ranks(1)
+
+
+# ---------------------------------------------------------------------------- configs
+CONFIGS = sorted(glob.glob(osp.join(ROOT, 'options', '*', '*ENLCN*.yml')))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=[osp.relpath(p, ROOT) for p in CONFIGS])
+def test_configs_build(path):
+    with open(path) as f:
+        opt = yaml.safe_load(f)
+    arch = dict(opt['network_g'])
+    net = ARCH_REGISTRY.get(arch.pop('type'))(**arch)
+    assert isinstance(net, ENLCN)
+    assert arch['upscale'] == opt['scale']
+    for loss_opt in opt.get('train', {}).get('network_opt') or []:
+        loss_opt = {k: v for k, v in loss_opt.items() if k != 'name'}
+        assert isinstance(build_loss(loss_opt), ENLCAContrastiveLoss)
+
+
+def test_demo_config_passes_check_options():
+    if not osp.isdir(osp.join(ROOT, 'datasets', 'example')):
+        pytest.skip('datasets/example is absent: run python scripts/prepare_example_data.py')
+    from acla_basicsr.utils import check_options
+    with open(osp.join(ROOT, 'options', 'train', 'demo_ENLCN_SRx2.yml')) as f:
+        opt = yaml.safe_load(f)
+    opt['is_train'] = True
+    for dataset in opt['datasets'].values():
+        for key in [k for k in dataset if k.startswith('dataroot')]:
+            dataset[key] = osp.join(ROOT, dataset[key])
+    for phase, dataset in opt['datasets'].items():
+        dataset['phase'] = phase
+        dataset['scale'] = opt['scale']
+    check_options(opt)
