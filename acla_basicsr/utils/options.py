@@ -145,6 +145,10 @@ def check_options(opt):
                 _require_registered(LOSS_REGISTRY, value['type'], f'train.{key}.type')
         for index, value in enumerate(opt.get('train', {}).get('network_opt') or []):
             _require_registered(LOSS_REGISTRY, value.get('type'), f'train.network_opt[{index}].type')
+            try:  # losses on the network are light to build; build them to check their arguments
+                LOSS_REGISTRY.get(value['type'])(**{k: v for k, v in value.items() if k not in ('type', 'name')})
+            except (TypeError, ValueError) as error:
+                raise OptionError(f'train.network_opt[{index}]: {error}') from None
         if not any(p == 'train' for p in opt['datasets']):
             raise OptionError('datasets.train: missing; a training config needs a train dataset.')
     if not opt.get('datasets'):
