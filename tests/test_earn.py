@@ -1,5 +1,6 @@
 """Tests of EARN (acla_basicsr/archs/earn_arch.py, earn_modules.py) and its loss (earn_loss.py)."""
 import glob
+import os
 import os.path as osp
 
 import acla_basicsr  # noqa: F401  (before basicsr: registers the project's classes)
@@ -21,13 +22,15 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TINY = dict(num_feat=8, num_block=1, reduction=2, window_size=3, num_heads=2)
 
 
-def vgg19_features_state_dict(path):
-    """Save the ``features.*`` entries of a randomly initialised torchvision vgg19 to ``path``."""
+@pytest.fixture(scope='module')
+def vgg19_file(tmp_path_factory):
+    """A file with the ``features.*`` entries of a randomly initialised torchvision vgg19, and those features."""
     from torchvision.models.vgg import cfgs, make_layers
     torch.manual_seed(0)
     features = make_layers(cfgs['E'])
+    path = str(tmp_path_factory.mktemp('vgg') / VGG19_FILENAME)
     torch.save({f'features.{k}': v for k, v in features.state_dict().items()}, path)
-    return features
+    return path, features
 
 
 # ----------------------------------------------------------------------------------- network
@@ -168,9 +171,8 @@ def test_loss_zero_for_identical_images():
         assert abs(value.item()) < 1e-6
 
 
-def test_loss_values_match_reference(tmp_path):
-    vgg_path = str(tmp_path / VGG19_FILENAME)
-    features = vgg19_features_state_dict(vgg_path)
+def test_loss_values_match_reference(vgg19_file):
+    vgg_path, features = vgg19_file
     torch.manual_seed(1)
     gt = torch.rand(2, 3, 32, 32)
     pred = (gt + 0.1 * torch.randn_like(gt)).clamp(0, 1)
@@ -208,9 +210,8 @@ def test_loss_reductions():
 
 
 @pytest.mark.parametrize('term', ['l1_weight', 'ssim_weight', 'perceptual_weight'])
-def test_each_term_gradient_reaches_prediction(term, tmp_path):
-    vgg_path = str(tmp_path / VGG19_FILENAME)
-    vgg19_features_state_dict(vgg_path)
+def test_each_term_gradient_reaches_prediction(term, vgg19_file):
+    vgg_path = vgg19_file[0]
     weights = {'l1_weight': 0, 'ssim_weight': 0, 'perceptual_weight': 0, term: 1.0}
     loss = EARNLoss(vgg_weights_path=vgg_path, **weights)
     gt = torch.rand(1, 3, 20, 20)
@@ -222,7 +223,7 @@ def test_each_term_gradient_reaches_prediction(term, tmp_path):
     assert all(p.grad is None for p in loss.parameters())  # VGG19 stays frozen
 
 
-def test_perceptual_weights_from_hub_cache_and_missing_file(tmp_path, monkeypatch):
+def test_perceptual_weights_from_hub_cache_and_missing_file(tmp_path, monkeypatch, vgg19_file):
     hub = tmp_path / 'hub'
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(hub))
     with pytest.raises(OptionError, match=f'vgg_weights_path: ~ .*{VGG19_FILENAME}.*no download'):
@@ -231,7 +232,7 @@ def test_perceptual_weights_from_hub_cache_and_missing_file(tmp_path, monkeypatc
     with pytest.raises(OptionError, match=f'^vgg_weights_path: {missing} does not exist'):
         EARNLoss(vgg_weights_path=missing)
     (hub / 'checkpoints').mkdir(parents=True)
-    vgg19_features_state_dict(str(hub / 'checkpoints' / VGG19_FILENAME))
+    os.symlink(vgg19_file[0], hub / 'checkpoints' / VGG19_FILENAME)
     assert 'l_percep' in EARNLoss()(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16))
     bad = tmp_path / 'bad.pth'
     torch.save({'features.0.weight': torch.zeros(1)}, str(bad))
@@ -239,9 +240,8 @@ def test_perceptual_weights_from_hub_cache_and_missing_file(tmp_path, monkeypatc
         EARNLoss(vgg_weights_path=str(bad))
 
 
-def test_perceptual_conv_layer_not_overwritten(tmp_path):
-    vgg_path = str(tmp_path / VGG19_FILENAME)
-    features = vgg19_features_state_dict(vgg_path)
+def test_perceptual_conv_layer_not_overwritten(vgg19_file):
+    vgg_path, features = vgg19_file
     loss = EARNLoss(vgg_weights_path=vgg_path, vgg_layer_weights={'conv1_2': 1.0, 'relu2_1': 1.0})
     x = torch.rand(1, 3, 16, 16)
     out = loss.vgg(x)
@@ -278,8 +278,8 @@ def test_configs_exist():
     assert 'options/train/demo_EARN_SRx2.yml' in names
 
 
-@pytest.mark.parametrize('path', CONFIGS, ids=[osp.basename(p) for p in CONFIGS])
-def test_config_builds(path, tmp_path):
+@pytest.mark.parametrize('path', CONFIGS, ids=[osp.relpath(p, ROOT) for p in CONFIGS])
+def test_config_builds(path, vgg19_file):
     with open(path) as f:
         opt = yaml.safe_load(f)
     arch = dict(opt['network_g'])
@@ -290,8 +290,7 @@ def test_config_builds(path, tmp_path):
         assert opt['datasets']['train']['gt_size'] % opt['scale'] == 0
         loss_opt = dict(opt['train']['pixel_opt'])
         if loss_opt.get('perceptual_weight', 0.4) > 0:  # full configs: give the loss a local VGG19 file
-            loss_opt['vgg_weights_path'] = str(tmp_path / VGG19_FILENAME)
-            vgg19_features_state_dict(loss_opt['vgg_weights_path'])
+            loss_opt['vgg_weights_path'] = vgg19_file[0]
         loss = LOSS_REGISTRY.get(loss_opt.pop('type'))(**loss_opt)
         assert isinstance(loss, EARNLoss)
 
@@ -309,3 +308,15 @@ def test_demo_config_passes_check_options():
         dataset['phase'] = phase
     resolve_relative_paths(opt, ROOT)
     check_options(opt)
+
+
+def test_loss_check_options_without_building(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    EARNLoss.check_options({'type': 'EARNLoss', 'perceptual_weight': 0})
+    with pytest.raises(OptionError, match=f'^vgg_weights_path: ~ .*{VGG19_FILENAME}'):
+        EARNLoss.check_options({'type': 'EARNLoss'})
+    with pytest.raises(OptionError, match='^reduction: max'):
+        EARNLoss.check_options({'type': 'EARNLoss', 'reduction': 'max', 'perceptual_weight': 0})
+    path = tmp_path / VGG19_FILENAME
+    path.write_bytes(b'')  # present: the file is read only when the loss is built
+    EARNLoss.check_options({'type': 'EARNLoss', 'vgg_weights_path': str(path)})

@@ -136,7 +136,7 @@ class LocalSelfAttention(nn.Module):
         keys = F.unfold(self.key(x), k, padding=k // 2).view(n, heads, d, k * k, h * w)
         values = F.unfold(self.value(x), k, padding=k // 2).view(n, heads, d, k * k, h * w)
         rel = self.relative_embeddings().reshape(1, heads, d, k * k, 1)
-        logits = (q * (keys + rel)).sum(dim=2)  # (N, heads, k * k, H * W)
+        logits = (q * keys).sum(dim=2) + (q * rel).sum(dim=2)  # q^T k + q^T r: (N, heads, k * k, H * W)
         inside = F.unfold(x.new_ones(1, 1, h, w), k, padding=k // 2) > 0  # (1, k * k, H * W)
         logits = logits.masked_fill(~inside[:, None], float('-inf'))
         attn = torch.softmax(logits, dim=2)

@@ -62,13 +62,14 @@ def find_vgg19_weights(vgg_weights_path=None):
     if vgg_weights_path is not None:
         if not osp.isfile(vgg_weights_path):
             raise OptionError(f'vgg_weights_path: {vgg_weights_path} does not exist; put torchvision\'s '
-                              f'{VGG19_FILENAME} there, or set perceptual_weight: 0 to train without the perceptual term.')
+                              f'{VGG19_FILENAME} there, or set perceptual_weight: 0 to train without the '
+                              'perceptual term.')
         return vgg_weights_path
     hub_file = osp.join(torch.hub.get_dir(), 'checkpoints', VGG19_FILENAME)
     if not osp.isfile(hub_file):
-        raise OptionError(f'vgg_weights_path: ~ and the VGG19 weights {hub_file} are missing (no download is attempted); copy '
-                          f'torchvision\'s {VGG19_FILENAME} there or give its path as vgg_weights_path, or set '
-                          'perceptual_weight: 0.')
+        raise OptionError(f'vgg_weights_path: ~ and the VGG19 weights {hub_file} are missing (no download is '
+                          f'attempted); copy torchvision\'s {VGG19_FILENAME} there or give its path as '
+                          'vgg_weights_path, or set perceptual_weight: 0.')
     return hub_file
 
 
@@ -197,6 +198,23 @@ class EARNLoss(nn.Module):
         self.vgg = None
         if perceptual_weight > 0:
             self.vgg = VGG19Features(list(self.vgg_layer_weights), find_vgg19_weights(vgg_weights_path))
+
+    @staticmethod
+    def check_options(loss_opt):
+        """Check the YAML options of this loss without building it (VGG19 file present when needed).
+
+        Args:
+            loss_opt (dict): The loss options, e.g. ``opt['train']['pixel_opt']``.
+
+        Raises:
+            OptionError: naming the first wrong option and the fix.
+        """
+        loss_opt = dict(loss_opt)
+        reduction = loss_opt.get('reduction', 'mean')
+        if reduction not in _reduction_modes:
+            raise OptionError(f'reduction: {reduction} is not supported; use one of {", ".join(_reduction_modes)}.')
+        if loss_opt.get('perceptual_weight', 0.4) > 0:
+            find_vgg19_weights(loss_opt.get('vgg_weights_path'))
 
     def _reduce(self, per_image):
         if self.reduction == 'mean':
