@@ -1,10 +1,9 @@
 """EARN vs basicsr's EDSR-baseline: parameters, MACs and CPU forward time, measured in one run.
 
 MACs are ``torch.utils.flop_counter.FlopCounterMode`` flops / 2 (SPEC section 2) for one LR
-input of ``--size`` pixels a side. The counter sees convolutions and matrix products only;
-the local self-attention's products (``q^T k``, ``q^T r`` and the weighted sum of values,
-elementwise products in this implementation) are added from their formula and printed apart.
-Forward times alternate the networks and take the median, so that both share the machine's load.
+input of ``--size`` pixels a side. The counter sees convolutions and matrix products, which
+include the local self-attention's ``einsum`` products (``q^T k``, ``q^T r``, weights times
+values); the attention's share is printed apart. Forward times alternate the networks and take the median, so that both share the machine's load.
 
 Usage: python benchmarks/bench_earn.py [--scale 2] [--size 48] [--repeats 10] [--threads 1]
 """
@@ -20,7 +19,6 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from acla_basicsr.archs.earn_arch import EARN  # noqa: E402
-from acla_basicsr.archs.earn_modules import LocalSelfAttention  # noqa: E402
 from basicsr.archs.edsr_arch import EDSR  # noqa: E402
 
 
@@ -31,16 +29,11 @@ def counted_macs(net, x):
 
 
 def attention_macs(net, x):
-    """Multiply-accumulates of the local self-attention products, which the counter does not see."""
-    sizes = []
-    hooks = [m.register_forward_hook(lambda m, i, o: sizes.append((m, o.shape)))
-             for m in net.modules() if isinstance(m, LocalSelfAttention)]
-    with torch.no_grad():
+    """MACs of the LocalSelfAttention layers alone (inside the counted total)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
-    for h in hooks:
-        h.remove()
-    # per pixel, per window position and channel: q.k, q.r and attn * v
-    return sum(3 * n * c * h * w * m.window_size**2 for m, (n, c, h, w) in sizes)
+    return sum(flops for name, ops in counter.get_flop_counts().items()
+               if name != 'Global' and name.endswith('attention') for flops in ops.values()) / 2
 
 
 def forward_time(net, x, repeats):
@@ -79,15 +72,15 @@ def main():
             times[name] += forward_time(net, x, 1)
     print(f'x{args.scale}, one {args.size}x{args.size} LR input, CPU, {args.threads} thread(s), '
           f'median of {args.repeats} forwards')
-    print(f"{'network':36s} {'params(M)':>9s} {'MACs(G) counted':>15s} {'+attention(G)':>13s} {'forward(ms)':>11s}")
+    print(f"{'network':36s} {'params(M)':>9s} {'MACs(G)':>9s} {'of which attention':>18s} {'forward(ms)':>11s}")
     for name in nets:
         params, macs, att = rows[name]
         ms = statistics.median(times[name]) * 1e3
         rows[name].append(ms)
-        print(f'{name:36s} {params:9.3f} {macs:15.3f} {att:13.3f} {ms:11.1f}')
+        print(f'{name:36s} {params:9.3f} {macs:9.3f} {att:18.3f} {ms:11.1f}')
     earn, edsr = (rows[name] for name in nets)
-    print(f'EARN / EDSR-baseline: params {earn[0] / edsr[0]:.2f}x, MACs (with attention) '
-          f'{(earn[1] + earn[2]) / (edsr[1] + edsr[2]):.2f}x, forward time {earn[3] / edsr[3]:.2f}x')
+    print(f'EARN / EDSR-baseline: params {earn[0] / edsr[0]:.2f}x, MACs '
+          f'{earn[1] / edsr[1]:.2f}x, forward time {earn[3] / edsr[3]:.2f}x')
 
 
 if __name__ == '__main__':

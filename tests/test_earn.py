@@ -296,7 +296,6 @@ def test_config_builds(path, vgg19_file):
 
 
 def test_demo_config_passes_check_options():
-    from basicsr.utils.options import parse_options  # noqa: F401
     from acla_basicsr.utils import check_options
     from acla_basicsr.utils.launch import resolve_relative_paths
     if not osp.isdir(osp.join(ROOT, 'datasets', 'example', 'train', 'HR_sub.lmdb')):

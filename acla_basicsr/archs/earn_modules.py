@@ -86,6 +86,12 @@ class EfficientResidualBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
+def local_windows(x, window_size):
+    """A (N, C, H, W, k, k) view of the zero-padded k x k neighbourhood of every pixel (no copy)."""
+    pad = window_size // 2
+    return F.pad(x, (pad, pad, pad, pad)).unfold(2, window_size, 1).unfold(3, window_size, 1)
+
+
 class LocalSelfAttention(nn.Module):
     """Local self-attention with relative position embeddings (EARN, Eq. 5).
 
@@ -99,8 +105,9 @@ class LocalSelfAttention(nn.Module):
 
     Borders: the window is cut at the image border; neighbours outside the image are left out
     of the softmax (their logits are -inf), so no padding value ever enters the output. Any odd
-    window size and any input size work. The forward pass is vectorised with ``F.unfold``
-    (memory ``O(k^2 C H W)`` per image).
+    window size and any input size work. The forward pass is vectorised: the neighbourhoods are
+    strided views of the zero-padded keys and values (``Tensor.unfold``, no copy) contracted with
+    ``einsum``; its memory is ``O(k^2 C H W)`` per image.
 
     Args:
         num_feat (int): Channel number of input and output; even and divisible by num_heads.
@@ -131,17 +138,16 @@ class LocalSelfAttention(nn.Module):
         n, c, h, w = x.shape
         k, heads = self.window_size, self.num_heads
         d = c // heads
-        q = self.query(x).view(n, heads, d, 1, h * w)
-        # (N, C * k * k, H * W) -> (N, heads, d, k * k, H * W); zero padding, masked below
-        keys = F.unfold(self.key(x), k, padding=k // 2).view(n, heads, d, k * k, h * w)
-        values = F.unfold(self.value(x), k, padding=k // 2).view(n, heads, d, k * k, h * w)
-        rel = self.relative_embeddings().reshape(1, heads, d, k * k, 1)
-        logits = (q * keys).sum(dim=2) + (q * rel).sum(dim=2)  # q^T k + q^T r: (N, heads, k * k, H * W)
-        inside = F.unfold(x.new_ones(1, 1, h, w), k, padding=k // 2) > 0  # (1, k * k, H * W)
-        logits = logits.masked_fill(~inside[:, None], float('-inf'))
-        attn = torch.softmax(logits, dim=2)
-        out = (attn[:, :, None] * values).sum(dim=3)  # (N, heads, d, H * W)
-        return out.reshape(n, c, h, w)
+        q = self.query(x).view(n, heads, d, h, w)
+        keys = local_windows(self.key(x), k).view(n, heads, d, h, w, k, k)
+        values = local_windows(self.value(x), k).view(n, heads, d, h, w, k, k)
+        rel = self.relative_embeddings().view(heads, d, k, k)
+        # q^T k_ab + q^T r_{a-i,b-j}: (N, heads, H, W, k, k)
+        logits = torch.einsum('nhdij,nhdijab->nhijab', q, keys) + torch.einsum('nhdij,hdab->nhijab', q, rel)
+        inside = local_windows(x.new_ones(1, 1, h, w), k)[0] > 0  # (1, H, W, k, k): neighbour in the image
+        logits = logits.masked_fill(~inside, float('-inf'))
+        attn = torch.softmax(logits.flatten(-2), dim=-1).view_as(logits)
+        return torch.einsum('nhijab,nhdijab->nhdij', attn, values).reshape(n, c, h, w)
 
 
 class MaskBranch(nn.Module):
