@@ -1,5 +1,6 @@
 """Tests of EARN (acla_basicsr/archs/earn_arch.py, earn_modules.py) and its loss (earn_loss.py)."""
 import glob
+import logging
 import os
 import os.path as osp
 
@@ -319,3 +320,38 @@ def test_loss_check_options_without_building(tmp_path, monkeypatch):
     path = tmp_path / VGG19_FILENAME
     path.write_bytes(b'')  # present: the file is read only when the loss is built
     EARNLoss.check_options({'type': 'EARNLoss', 'vgg_weights_path': str(path)})
+
+
+def test_bad_network_option_is_one_line():
+    from acla_basicsr.utils import check_options
+    with open(osp.join(ROOT, 'options', 'train', 'demo_EARN_SRx2.yml')) as f:
+        opt = yaml.safe_load(f)
+    opt['network_g']['window_size'] = 4
+    with pytest.raises(OptionError, match='^network_g: window_size: 4 must be an odd positive integer'):
+        check_options(opt)
+
+
+def test_restoration_model_logs_each_term():
+    from basicsr.models import build_model
+    opt = {
+        'name': 'test_earn', 'model_type': 'RestorationModel', 'scale': 2, 'num_gpu': 0, 'is_train': True,
+        'dist': False, 'rank': 0, 'world_size': 1,
+        'network_g': dict(type='EARN', upscale=2, **TINY),
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {
+            'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-4, 'betas': [0.9, 0.999], 'eps': 1e-8},
+            'scheduler': {'type': 'MultiStepLR', 'milestones': [10], 'gamma': 0.5}, 'total_iter': 10,
+            'pixel_opt': {'type': 'EARNLoss', 'perceptual_weight': 0}
+        },
+    }
+    try:
+        model = build_model(opt)
+        model.feed_data({'lq': torch.rand(2, 3, 8, 8), 'gt': torch.rand(2, 3, 16, 16)})
+        before = [p.detach().clone() for p in model.net_g.parameters()]
+        model.optimize_parameters(1)
+    finally:  # building the model set up basicsr's logger without its file; forget it, as check_options does
+        from basicsr.utils import logger as basicsr_logger
+        if basicsr_logger.initialized_logger.pop('basicsr', None):
+            logging.getLogger('basicsr').handlers.clear()
+    assert set(model.log_dict) == {'l_l1', 'l_ssim'}
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
