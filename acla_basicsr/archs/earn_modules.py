@@ -128,7 +128,7 @@ class LocalSelfAttention(nn.Module):
         self.rel_col = nn.Parameter(torch.randn(num_feat - half, window_size) * half**-0.5)
 
     def relative_embeddings(self):
-        """``r`` of Eq. 5 as a (C, k, k) tensor: entry [:, a, b] is the embedding of offset (a-c, b-c)."""
+        """``r`` of Eq. 5 as a (C, k, k) tensor: entry [:, a, b] embeds offset (a - k//2, b - k//2)."""
         k = self.window_size
         rows = self.rel_row[:, :, None].expand(-1, k, k)
         cols = self.rel_col[:, None, :].expand(-1, k, k)
