@@ -1,0 +1,225 @@
+"""Building blocks of EARN (Efficient Multi-Attention Residual Network), unregistered.
+
+Senturk and Cakici, "Efficient Multi-Attention Residual Network for Image Super Resolution"
+(``papers/EARN_paper.txt``). The registered network is :class:`acla_basicsr.archs.earn_arch.EARN`.
+
+- :class:`ASCALayer`: adaptively scaled channel attention (Fig. 3b, Eq. 2).
+- :class:`EfficientResidualBlock`: two 3x3 group convolutions and a 1x1 conv (Fig. 1a, after CARN).
+- :class:`LocalSelfAttention`: local self-attention with relative position embeddings (Eq. 5,
+  after Stand-Alone Self-Attention, Ramachandran et al. 2019).
+- :class:`MaskBranch`: the U-shaped mask branch with a sigmoid gate (Fig. 3a).
+- :class:`ERAB`: the efficient residual attention block (Fig. 2, Eq. 3-4).
+
+The paper leaves several sizes open; the choices made here are stated in each docstring
+(SE reduction 16 as in RCAN, attention window 7 and 4 heads as in SASA, std with an epsilon).
+"""
+import torch
+from torch import nn as nn
+from torch.nn import functional as F
+
+from basicsr.archs.arch_util import ResidualBlockNoBN, make_layer
+
+
+def squeeze_excitation(num_feat, reduction):
+    """A squeeze-excitation pair of 1x1 convs, ``C -> C/reduction -> C`` with a ReLU between (Fig. 3b)."""
+    return nn.Sequential(
+        nn.Conv2d(num_feat, num_feat // reduction, 1), nn.ReLU(inplace=True),
+        nn.Conv2d(num_feat // reduction, num_feat, 1))
+
+
+class ASCALayer(nn.Module):
+    """Adaptively Scaled Channel Attention (ASCA) layer (EARN, Fig. 3b and Eq. 2).
+
+    The per-channel mean and standard deviation of the input are each refined by a
+    squeeze-excitation pair of 1x1 convs, concatenated, fused by a 1x1 conv (``z``), and turned
+    into a per-channel mask ``m(z) = sigmoid(W_F ReLU(W_P z))`` (Eq. 2) that scales the input.
+
+    The standard deviation is ``sqrt(var + eps)`` (population variance), so that its gradient
+    stays finite on constant feature maps.
+
+    Args:
+        num_feat (int): Channel number of the features. Default: 64.
+        reduction (int): Channel reduction of the squeeze-excitation pairs (not given in the
+            paper; 16 as in RCAN/SE-Net). Default: 16.
+        eps (float): Added to the variance before the square root. Default: 1e-6.
+    """
+
+    def __init__(self, num_feat=64, reduction=16, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.se_mean = squeeze_excitation(num_feat, reduction)
+        self.se_std = squeeze_excitation(num_feat, reduction)
+        self.fusion = nn.Conv2d(2 * num_feat, num_feat, 1)
+        self.se_mask = squeeze_excitation(num_feat, reduction)  # W_P, ReLU, W_F of Eq. 2
+
+    def mask(self, x):
+        """The per-channel mask in (0, 1), of shape (N, C, 1, 1)."""
+        var, mean = torch.var_mean(x, dim=(2, 3), keepdim=True, correction=0)
+        std = (var + self.eps).sqrt()
+        z = self.fusion(torch.cat([self.se_mean(mean), self.se_std(std)], dim=1))
+        return torch.sigmoid(self.se_mask(z))
+
+    def forward(self, x):
+        return x * self.mask(x)
+
+
+class EfficientResidualBlock(nn.Module):
+    """Efficient residual block (EARN, Fig. 1a; CARN's efficient residual block).
+
+    ``relu(x + conv1x1(relu(gconv3x3(relu(gconv3x3(x))))))``, where the two 3x3 convolutions
+    are group convolutions with ``num_feat / 4`` groups (EARN, section 4: "Group number is
+    (number of input channel)/4"), and the 1x1 conv mixes the groups.
+
+    Args:
+        num_feat (int): Channel number of the features; a multiple of 4. Default: 64.
+    """
+
+    def __init__(self, num_feat=64):
+        super().__init__()
+        groups = num_feat // 4
+        self.body = nn.Sequential(
+            nn.Conv2d(num_feat, num_feat, 3, 1, 1, groups=groups), nn.ReLU(inplace=True),
+            nn.Conv2d(num_feat, num_feat, 3, 1, 1, groups=groups), nn.ReLU(inplace=True),
+            nn.Conv2d(num_feat, num_feat, 1))
+
+    def forward(self, x):
+        return F.relu(x + self.body(x))
+
+
+def local_windows(x, window_size):
+    """A (N, C, H, W, k, k) view of the zero-padded k x k neighbourhood of every pixel (no copy)."""
+    pad = window_size // 2
+    return F.pad(x, (pad, pad, pad, pad)).unfold(2, window_size, 1).unfold(3, window_size, 1)
+
+
+class LocalSelfAttention(nn.Module):
+    """Local self-attention with relative position embeddings (EARN, Eq. 5).
+
+    ``y_ij = sum_{ab in N_k(i,j)} softmax_ab(q_ij^T k_ab + q_ij^T r_{a-i,b-j}) v_ab``, where the
+    queries, keys and values come from 1x1 convs and ``N_k(i, j)`` is the ``k x k`` window
+    centred on ``(i, j)``. As in Stand-Alone Self-Attention (the paper's reference [6]), the
+    channels are split into ``num_heads`` heads, each with its own softmax, and the relative
+    embedding of offset ``(a-i, b-j)`` is a row embedding of ``a-i`` on the first half of the
+    channels concatenated with a column embedding of ``b-j`` on the second half. There is no
+    ``1/sqrt(d)`` scaling, as in Eq. 5.
+
+    Borders: the window is cut at the image border; neighbours outside the image are left out
+    of the softmax (their logits are -inf), so no padding value ever enters the output. Any odd
+    window size and any input size work. The forward pass is vectorised: the neighbourhoods are
+    strided views of the zero-padded keys and values (``Tensor.unfold``, no copy) contracted with
+    ``einsum``; its memory is ``O(k^2 C H W)`` per image.
+
+    Args:
+        num_feat (int): Channel number of input and output; even and divisible by num_heads.
+            Default: 64.
+        window_size (int): Odd side of the local window (k). Default: 7 (as in SASA).
+        num_heads (int): Number of attention heads. Default: 4.
+    """
+
+    def __init__(self, num_feat=64, window_size=7, num_heads=4):
+        super().__init__()
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.query = nn.Conv2d(num_feat, num_feat, 1, bias=False)
+        self.key = nn.Conv2d(num_feat, num_feat, 1, bias=False)
+        self.value = nn.Conv2d(num_feat, num_feat, 1, bias=False)
+        half = num_feat // 2
+        self.rel_row = nn.Parameter(torch.randn(half, window_size) * half**-0.5)
+        self.rel_col = nn.Parameter(torch.randn(num_feat - half, window_size) * half**-0.5)
+
+    def relative_embeddings(self):
+        """``r`` of Eq. 5 as a (C, k, k) tensor: entry [:, a, b] embeds offset (a - k//2, b - k//2)."""
+        k = self.window_size
+        rows = self.rel_row[:, :, None].expand(-1, k, k)
+        cols = self.rel_col[:, None, :].expand(-1, k, k)
+        return torch.cat([rows, cols], dim=0)
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        k, heads = self.window_size, self.num_heads
+        d = c // heads
+        q = self.query(x).view(n, heads, d, h, w)
+        keys = local_windows(self.key(x), k).view(n, heads, d, h, w, k, k)
+        values = local_windows(self.value(x), k).view(n, heads, d, h, w, k, k)
+        rel = self.relative_embeddings().view(heads, d, k, k)
+        # q^T k_ab + q^T r_{a-i,b-j}: (N, heads, H, W, k, k)
+        logits = torch.einsum('nhdij,nhdijab->nhijab', q, keys) + torch.einsum('nhdij,hdab->nhijab', q, rel)
+        inside = local_windows(x.new_ones(1, 1, h, w), k)[0] > 0  # (1, H, W, k, k): neighbour in the image
+        logits = logits.masked_fill(~inside, float('-inf'))
+        attn = torch.softmax(logits.flatten(-2), dim=-1).view_as(logits)
+        return torch.einsum('nhijab,nhdijab->nhdij', attn, values).reshape(n, c, h, w)
+
+
+class MaskBranch(nn.Module):
+    """U-shaped mask branch with a sigmoid gate (EARN, Fig. 3a).
+
+    Local self-attention (Eq. 5), a 3x3 convolution of stride 2 (downsampling, no pooling),
+    an efficient residual block, pixel-shuffle upsampling (3x3 conv to 4C, PixelShuffle(2)),
+    the U-net skip from before the downsampling, a 1x1 conv and a sigmoid. Odd sizes work: the
+    upsampled map is cropped to the input size.
+
+    Args:
+        num_feat (int): Channel number of the features. Default: 64.
+        window_size (int): Window of the local self-attention. Default: 7.
+        num_heads (int): Heads of the local self-attention. Default: 4.
+        use_local_attention (bool): False replaces the local self-attention by the identity
+            (the "w/o LA" ablation, EARN Table 2). Default: True.
+    """
+
+    def __init__(self, num_feat=64, window_size=7, num_heads=4, use_local_attention=True):
+        super().__init__()
+        self.attention = LocalSelfAttention(num_feat, window_size, num_heads) if use_local_attention else nn.Identity()
+        self.down = nn.Conv2d(num_feat, num_feat, 3, 2, 1)
+        self.body = EfficientResidualBlock(num_feat)
+        self.up = nn.Sequential(nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2))
+        self.conv_last = nn.Conv2d(num_feat, num_feat, 1)
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        feat = self.attention(x)
+        up = self.up(self.body(self.down(feat)))[..., :h, :w]
+        return torch.sigmoid(self.conv_last(up + feat))
+
+
+class ERAB(nn.Module):
+    """Efficient Residual Attention Block (E-RAB) (EARN, Fig. 2 and Eq. 3-4).
+
+    ``a = RB(ASCA(conv(x)))`` (the pre-attention ``att_pre`` of Eq. 3, with the residual block
+    that regulates the masking), then ``F_RAB(x) = trunk(a) * mask(a) + x`` (Eq. 4), where the
+    trunk is two residual blocks and the mask is :class:`MaskBranch`; two residual blocks
+    follow. Residual blocks are basicsr's :class:`ResidualBlockNoBN` (Fig. 1b).
+
+    Args:
+        num_feat (int): Channel number of the features. Default: 64.
+        reduction (int): Squeeze-excitation reduction of the ASCA layer. Default: 16.
+        window_size (int): Window of the local self-attention. Default: 7.
+        num_heads (int): Heads of the local self-attention. Default: 4.
+        use_asca (bool): False leaves out the ASCA layer ("w/o ASCA", Table 2). Default: True.
+        use_local_attention (bool): False leaves out the local self-attention ("w/o LA").
+            Default: True.
+        use_skip (bool): False drops the ``+ x`` of Eq. 4 (part of "w/o SC"). Default: True.
+    """
+
+    def __init__(self,
+                 num_feat=64,
+                 reduction=16,
+                 window_size=7,
+                 num_heads=4,
+                 use_asca=True,
+                 use_local_attention=True,
+                 use_skip=True):
+        super().__init__()
+        self.use_skip = use_skip
+        self.conv_first = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.asca = ASCALayer(num_feat, reduction) if use_asca else nn.Identity()
+        self.pre = ResidualBlockNoBN(num_feat)
+        self.trunk = make_layer(ResidualBlockNoBN, 2, num_feat=num_feat)
+        self.mask = MaskBranch(num_feat, window_size, num_heads, use_local_attention)
+        self.post = make_layer(ResidualBlockNoBN, 2, num_feat=num_feat)
+
+    def forward(self, x):
+        att = self.pre(self.asca(self.conv_first(x)))
+        out = self.trunk(att) * self.mask(att)
+        if self.use_skip:
+            out = out + x
+        return self.post(out)

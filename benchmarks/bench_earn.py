@@ -1,0 +1,87 @@
+"""EARN vs basicsr's EDSR-baseline: parameters, MACs and CPU forward time, measured in one run.
+
+MACs are ``torch.utils.flop_counter.FlopCounterMode`` flops / 2 (SPEC section 2) for one LR
+input of ``--size`` pixels a side. The counter sees convolutions and matrix products, which
+include the local self-attention's ``einsum`` products (``q^T k``, ``q^T r``, weights times
+values); the attention's share is printed apart. Forward times alternate the networks and take the median, so that both share the machine's load.
+
+Usage: python benchmarks/bench_earn.py [--scale 2] [--size 48] [--repeats 10] [--threads 1]
+"""
+import argparse
+import os.path as osp
+import statistics
+import sys
+import time
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import acla_basicsr  # noqa: E402,F401  (before basicsr)
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from acla_basicsr.archs.earn_arch import EARN  # noqa: E402
+from basicsr.archs.edsr_arch import EDSR  # noqa: E402
+
+
+def counted_macs(net, x):
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return counter.get_total_flops() / 2
+
+
+def attention_macs(net, x):
+    """MACs of the LocalSelfAttention layers alone (inside the counted total)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return sum(flops for name, ops in counter.get_flop_counts().items()
+               if name != 'Global' and name.endswith('attention') for flops in ops.values()) / 2
+
+
+def forward_time(net, x, repeats):
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            net(x)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--scale', type=int, default=2)
+    parser.add_argument('--size', type=int, default=48, help='LR input side in pixels')
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    nets = {
+        'EARN (64 ch, 4 E-RABs, window 7)': EARN(upscale=args.scale).eval(),
+        'EDSR-baseline (64 ch, 16 blocks)': EDSR(3, 3, num_feat=64, num_block=16, upscale=args.scale).eval(),
+    }
+    x = torch.rand(1, 3, args.size, args.size)
+    rows = {}
+    for name, net in nets.items():
+        params = sum(p.numel() for p in net.parameters())
+        rows[name] = [params / 1e6, counted_macs(net, x) / 1e9, attention_macs(net, x) / 1e9]
+    for net in nets.values():  # warm up
+        forward_time(net, x, 1)
+    times = {name: [] for name in nets}
+    for _ in range(args.repeats):
+        for name, net in nets.items():
+            times[name] += forward_time(net, x, 1)
+    print(f'x{args.scale}, one {args.size}x{args.size} LR input, CPU, {args.threads} thread(s), '
+          f'median of {args.repeats} forwards')
+    print(f"{'network':36s} {'params(M)':>9s} {'MACs(G)':>9s} {'of which attention':>18s} {'forward(ms)':>11s}")
+    for name in nets:
+        params, macs, att = rows[name]
+        ms = statistics.median(times[name]) * 1e3
+        rows[name].append(ms)
+        print(f'{name:36s} {params:9.3f} {macs:9.3f} {att:18.3f} {ms:11.1f}')
+    earn, edsr = (rows[name] for name in nets)
+    print(f'EARN / EDSR-baseline: params {earn[0] / edsr[0]:.2f}x, MACs '
+          f'{earn[1] / edsr[1]:.2f}x, forward time {earn[3] / edsr[3]:.2f}x')
+
+
+if __name__ == '__main__':
+    main()
