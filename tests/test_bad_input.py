@@ -27,6 +27,8 @@ CASES = [
     ('network_g.num_feat', 'sixty', 'network_g:'),
     ('network_g.upscale', 3, 'network_g.upscale: 3 differs from scale 2'),
     ('train.network_opt', [{'type': 'NoSuchLoss'}], "train.network_opt[0].type: unknown loss type 'NoSuchLoss'"),
+    ('train.pixel_opt', {'type': 'EARNLoss', 'vgg_weights_path': '/nonexistent/vgg19.pth'},
+     'train.pixel_opt.vgg_weights_path: /nonexistent/vgg19.pth'),
     ('val.reference', 'lanczos', "val.reference: unknown baseline 'lanczos'"),
     ('path.pretrain_network_g', '/nonexistent/net.pth', 'path.pretrain_network_g: /nonexistent/net.pth does not exist'),
 ]

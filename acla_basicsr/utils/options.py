@@ -143,6 +143,12 @@ def check_options(opt):
         for key, value in opt.get('train', {}).items():
             if key.endswith('_opt') and isinstance(value, dict) and 'type' in value:
                 _require_registered(LOSS_REGISTRY, value['type'], f'train.{key}.type')
+                loss_cls = LOSS_REGISTRY.get(value['type'])
+                if hasattr(loss_cls, 'check_options'):  # e.g. a missing VGG19 weights file
+                    try:
+                        loss_cls.check_options(value)
+                    except ValueError as error:
+                        raise OptionError(f'train.{key}.{error}') from None
         for index, value in enumerate(opt.get('train', {}).get('network_opt') or []):
             _require_registered(LOSS_REGISTRY, value.get('type'), f'train.network_opt[{index}].type')
             try:  # losses on the network are light to build; build them to check their arguments
