@@ -229,7 +229,8 @@ class CrossLayerAttention(nn.Module):
 
         Counted: the 1x1 convs (value projections, offsets, logits, gates, output projection) and the
         weighted sum of the sampled keys. Not counted: the bilinear lookups (``grid_sample``, about 4 MACs per
-        channel per key), softmax, gate noise. The result is linear in ``num_key_layers``:
+        channel per key), softmax, gate noise; nor the weighted sum when L * K = 1 (torch then multiplies
+        element-wise instead of calling a matmul). The result is linear in ``num_key_layers``:
         ``macs(L) = macs(0) + L * (macs(1) - macs(0))``.
 
         Args:
