@@ -1,7 +1,7 @@
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.utils.registry import ARCH_REGISTRY
 
-from .cla_modules import DEFAULT_MAX_ELEMENTS
+from .cla_modules import DEFAULT_MAX_MEMORY_MB
 from .cla_network import CrossLayerAttentionMixin, check_attention_args
 
 
@@ -36,8 +36,8 @@ class ACLAEDSR(CrossLayerAttentionMixin, EDSR):
         straight_through (bool): Hard ACLA gates in the training forward pass too. Default: False.
         nl_reduction (int): Channel reduction C / C' of the NL / CLNL embeddings. Default: 1 (the MACs of
             Table 4 fit full-width embeddings, see docs/cla_acla.md).
-        max_elements (int): Memory budget of one attention step in tensor elements; larger key sets or
-            attention matrices are processed in chunks. Default: 2**27.
+        max_memory_mb (float): Approximate memory budget (MiB) of one attention step; larger key sets or
+            attention matrices are processed in chunks. Default: 1024.
     """
 
     def __init__(self,
@@ -55,9 +55,9 @@ class ACLAEDSR(CrossLayerAttentionMixin, EDSR):
                  temperature=1.0,
                  straight_through=False,
                  nl_reduction=1,
-                 max_elements=DEFAULT_MAX_ELEMENTS):
+                 max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         positions, num_keys = check_attention_args(attention, insert_positions, num_block, 'num_block', num_keys,
                                                    temperature, upscale)
         super().__init__(num_in_ch, num_out_ch, num_feat, num_block, upscale, res_scale, img_range, (0, 0, 0))
         self._build_attention(num_in_ch, num_out_ch, num_feat, img_range, rgb_mean, attention, positions, num_keys,
-                              temperature, straight_through, nl_reduction, max_elements)
+                              temperature, straight_through, nl_reduction, max_memory_mb)

@@ -12,15 +12,18 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   attention style, no query-key dot product). Each key layer has its own 1x1 CxC value projection (this is
   what makes the parameter counts of ACLA Table 5 grow quadratically with the number of modules); one CxC
   output projection per module.
-- Sampling is one bilinear ``F.grid_sample`` per module for all key layers and all keys (zero padding,
-  ``align_corners=False`` with pixel-centre coordinates), which equals the public code's per-key
-  ``torchvision.ops.deform_conv2d`` with an identity 1x1 kernel on the same offsets. The offsets use
-  deform_conv2d's layout: (dy, dx) pairs, key-major. When ``B*L*C*H*W*K`` exceeds ``max_elements`` the keys
-  are processed in chunks, each recomputed in the backward pass (activation checkpointing), so memory
-  stays bounded in training too.
+- Sampling is one vectorised bilinear lookup per module for all key layers, keys and pixels: the four
+  corners of every key, with their bilinear weights times the key's attention weight, are summed by one
+  ``F.embedding_bag`` (mode 'sum', per-sample weights) over a channels-last table of the value maps.
+  Nothing of size K*C*H*W is built. Zero padding outside the map; the result equals the public code's
+  per-key ``torchvision.ops.deform_conv2d`` with an identity 1x1 kernel on the same offsets (and equally
+  ``F.grid_sample`` with ``align_corners=False`` at pixel centres, kept as ``method='grid_sample'``; the
+  gather is about 4x faster forward + backward on CPU, see benchmarks/bench_cla_sampling.py). Offsets use
+  deform_conv2d's layout: (dy, dx) pairs, key-major. Above ``max_memory_mb`` the keys are processed in
+  chunks, each recomputed in backward (activation checkpointing), so memory stays bounded in training.
 - ACLA adds a gate per key, predicted from the query: a relaxed binary gate (Gumbel-sigmoid, i.e. binary
   concrete, with a temperature) in training, a hard gate ``logit > 0`` in evaluation. The softmax weights
-  are renormalised over the open keys, ``w * z / (sum(w * z) + eps)``, so a closed key gets exactly zero
+  are renormalised over the open keys, ``w * z / max(sum(w * z), eps)``, so a closed key gets exactly zero
   weight and a query whose keys are all closed gets a zero update (the module is an identity there).
 """
 import torch
@@ -28,10 +31,21 @@ from torch import nn as nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-# Largest sampled-key tensor (or attention matrix) processed at once: 2**27 float32 elements = 512 MiB.
-DEFAULT_MAX_ELEMENTS = 2**27
-# Added to the sum of the kept weights before renormalising, so that all-closed gives zero, not NaN.
-RENORM_EPS = 1e-6
+# Default memory budget of one attention step (MiB): above it keys or queries are processed in chunks.
+DEFAULT_MAX_MEMORY_MB = 1024
+# Floor of the sum of the kept weights when renormalising: all keys closed gives zero weights, not NaN.
+RENORM_EPS = 1e-12
+# Approximate bytes per element in forward + backward (measured with a fresh-process peak-RSS probe):
+# a gathered (key, corner, pixel) entry: indices, corner weights and their intermediates;
+_BYTES_PER_GATHER_ENTRY = 100
+# an element of the (B, L, C, H, W, K) tensor of grid_sample: the samples, the einsum copy, gradients;
+_BYTES_PER_SAMPLE = 16
+# an element of an attention matrix: logits, softmax, gradient.
+_BYTES_PER_ATTENTION = 12
+
+
+def _chunk_size(max_memory_mb, bytes_per_unit):
+    return max(1, int(max_memory_mb * 2**20 // bytes_per_unit))
 
 
 def _chunked(fn, num, chunk, sliced, shared, axis, cat_dim=None):
@@ -55,7 +69,32 @@ def _chunked(fn, num, chunk, sliced, shared, axis, cat_dim=None):
     return outs[0] if cat_dim is None else torch.cat(outs, cat_dim)
 
 
-def _sample_and_sum(values, offsets, weights):
+def _gather_and_sum(values, offsets, weights):
+    b, num_layers, c, h, w = values.shape
+    num_keys = offsets.shape[2]
+    table = values.permute(0, 1, 3, 4, 2).reshape(b * num_layers * h * w, c)
+    # sampling positions in pixels, (B, L, K, H, W)
+    py = torch.arange(h, device=values.device, dtype=values.dtype).view(h, 1) + offsets[:, :, :, 0]
+    px = torch.arange(w, device=values.device, dtype=values.dtype) + offsets[:, :, :, 1]
+    y0, x0 = py.floor(), px.floor()
+    fy, fx = py - y0, px - x0
+    gy, gx = 1 - fy, 1 - fx
+    # the four corners on dim 3: (B, L, K, 4, H, W)
+    cy = torch.stack((y0, y0, y0 + 1, y0 + 1), 3)
+    cx = torch.stack((x0, x0 + 1, x0, x0 + 1), 3)
+    inside = (cy >= 0) & (cy <= h - 1) & (cx >= 0) & (cx <= w - 1)  # zero padding
+    coef = torch.stack((gy * gx, gy * fx, fy * gx, fy * fx), 3) * weights.unsqueeze(3) * inside
+    layer = torch.arange(b * num_layers, device=values.device).view(b, num_layers, 1, 1, 1, 1)
+    index = layer * (h * w) + cy.clamp(0, h - 1).long() * w + cx.clamp(0, w - 1).long()
+    # one bag per query pixel holding its L*K*4 (key, corner) entries
+    bag = num_layers * num_keys * 4
+    index = index.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag)
+    coef = coef.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag)
+    out = F.embedding_bag(index, table, per_sample_weights=coef, mode='sum')
+    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _grid_sample_and_sum(values, offsets, weights):
     b, num_layers, c, h, w = values.shape
     k = offsets.shape[2]
     # normalised coordinates of the pixel centres (align_corners=False): pixel j <-> (2j + 1) / W - 1
@@ -69,12 +108,14 @@ def _sample_and_sum(values, offsets, weights):
         mode='bilinear',
         padding_mode='zeros',
         align_corners=False)
-    # the weighted sum over keys and layers is a batched matmul (counted by torch's flop counter)
     return torch.einsum('blchwk,blkhw->bchw', sampled.view(b, num_layers, c, h, w, k), weights)
 
 
-def sample_keys(values, offsets, weights, max_elements=DEFAULT_MAX_ELEMENTS):
-    """Weighted sum of bilinearly sampled keys: one ``grid_sample`` for all key layers and keys.
+_SAMPLERS = {'gather': _gather_and_sum, 'grid_sample': _grid_sample_and_sum}
+
+
+def sample_keys(values, offsets, weights, max_memory_mb=DEFAULT_MAX_MEMORY_MB, method='gather'):
+    """Weighted sum of bilinearly sampled keys, one vectorised lookup for all key layers and keys.
 
     ``out[b, :, i, j] = sum_{l, k} weights[b, l, k, i, j] * values[b, l, :, i + dy, j + dx]`` with
     ``(dy, dx) = offsets[b, l, k, :, i, j]`` in pixels, bilinear interpolation and zero outside the map:
@@ -85,25 +126,32 @@ def sample_keys(values, offsets, weights, max_elements=DEFAULT_MAX_ELEMENTS):
         values (Tensor): (B, L, C, H, W) value maps of the L key layers.
         offsets (Tensor): (B, L, K, 2, H, W) key offsets (dy, dx) from each query pixel, in pixels.
         weights (Tensor): (B, L, K, H, W) weight of each key.
-        max_elements (int): Largest sampled tensor (B*L*C*H*W*K elements) built at once; above it the keys
-            are processed in chunks, recomputed in backward. Default: 2**27.
+        max_memory_mb (float): Approximate memory budget (MiB); above it the keys are processed in chunks,
+            recomputed in backward. Default: 1024.
+        method (str): 'gather' (``F.embedding_bag`` over the four corners of every key) or 'grid_sample'
+            (``F.grid_sample`` of all keys, then a weighted sum; builds the (B, L, C, H, W, K) samples).
+            Default: 'gather'.
 
     Returns:
         Tensor: (B, C, H, W).
     """
+    if method not in _SAMPLERS:
+        raise ValueError(f"method: '{method}' is unknown; use one of {', '.join(_SAMPLERS)}.")
     b, num_layers, c, h, w = values.shape
     k = offsets.shape[2]
-    chunk = max(1, max_elements // (b * num_layers * c * h * w))
+    per_key = b * num_layers * h * w * (4 * _BYTES_PER_GATHER_ENTRY if method == 'gather' else c * _BYTES_PER_SAMPLE)
+    chunk = _chunk_size(max_memory_mb, per_key)
+    sampler = _SAMPLERS[method]
     if chunk >= k:
-        return _sample_and_sum(values, offsets, weights)
-    return _chunked(lambda o, wt, v: _sample_and_sum(v, o, wt), k, chunk, (offsets, weights), (values, ), axis=2)
+        return sampler(values, offsets, weights)
+    return _chunked(lambda o, wt, v: sampler(v, o, wt), k, chunk, (offsets, weights), (values, ), axis=2)
 
 
 def _attend(q, k, v, scale):
     return torch.softmax(torch.matmul(q, k) * scale, dim=-1).matmul(v)
 
 
-def dot_product_attention(query, key, value, max_elements=DEFAULT_MAX_ELEMENTS):
+def dot_product_attention(query, key, value, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
     """Softmax dot-product attention with explicit matmuls, chunked over queries to bound memory.
 
     Explicit matmuls (not ``F.scaled_dot_product_attention``) so that torch's flop counter counts them on
@@ -113,14 +161,15 @@ def dot_product_attention(query, key, value, max_elements=DEFAULT_MAX_ELEMENTS):
         query (Tensor): (B, N, D).
         key (Tensor): (B, D, M).
         value (Tensor): (B, M, D).
-        max_elements (int): Largest attention matrix (B*N*M elements) built at once. Default: 2**27.
+        max_memory_mb (float): Approximate memory budget (MiB) of the attention matrices; above it the
+            queries are processed in chunks, recomputed in backward. Default: 1024.
 
     Returns:
         Tensor: (B, N, D).
     """
     b, n, d = query.shape
     scale = d**-0.5
-    chunk = max(1, max_elements // (b * key.shape[-1]))
+    chunk = _chunk_size(max_memory_mb, b * key.shape[-1] * _BYTES_PER_ATTENTION)
     if chunk >= n:
         return _attend(query, key, value, scale)
     return _chunked(lambda q, k, v: _attend(q, k, v, scale), n, chunk, (query, ), (key, value), axis=1, cat_dim=1)
@@ -159,18 +208,18 @@ class CrossLayerAttention(nn.Module):
         num_feat (int): Channel number C of the query and key layers.
         num_key_layers (int): Number L of key layers (the head feature plus every earlier insertion point).
         num_keys (int): Number K of keys sampled per key layer. Default: 8 (the paper's CLA, Table 7).
-        max_elements (int): Memory budget of the key sampling, in elements of the (B, L, C, H, W, K) sampled
-            tensor; above it keys are processed in chunks. Default: 2**27.
+        max_memory_mb (float): Approximate memory budget (MiB) of the key sampling; above it keys are
+            processed in chunks. Default: 1024.
     """
 
-    def __init__(self, num_feat, num_key_layers, num_keys=8, max_elements=DEFAULT_MAX_ELEMENTS):
+    def __init__(self, num_feat, num_key_layers, num_keys=8, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__()
         _check_positive_int(num_keys, 'num_keys')
         _check_positive_int(num_key_layers, 'num_key_layers')
         self.num_feat = num_feat
         self.num_key_layers = num_key_layers
         self.num_keys = num_keys
-        self.max_elements = max_elements
+        self.max_memory_mb = max_memory_mb
         self.value = nn.ModuleList(nn.Conv2d(num_feat, num_feat, 1) for _ in range(num_key_layers))
         self.offset = nn.Conv2d(num_feat, 2 * num_keys * num_key_layers, 1)
         self.logit = nn.Conv2d(num_feat, num_keys * num_key_layers, 1)
@@ -199,7 +248,7 @@ class CrossLayerAttention(nn.Module):
         if mask is None:
             return weights
         weights = weights * mask
-        return weights / (weights.sum((1, 2), keepdim=True) + RENORM_EPS)
+        return weights / weights.sum((1, 2), keepdim=True).clamp_min(RENORM_EPS)
 
     def forward(self, x, key_layers, layer_weights=None):
         """Attend from the query ``x`` to K keys in each of ``key_layers``.
@@ -220,18 +269,17 @@ class CrossLayerAttention(nn.Module):
         b, _, h, w = x.shape
         values = torch.stack([proj(layer) for proj, layer in zip(self.value, key_layers)], 1)
         offsets = self.offset(x).view(b, self.num_key_layers, self.num_keys, 2, h, w)
-        update = sample_keys(values, offsets, self.key_weights(x, layer_weights), self.max_elements)
+        update = sample_keys(values, offsets, self.key_weights(x, layer_weights), self.max_memory_mb)
         return x + self.proj(update)
 
     @classmethod
-    def macs(cls, num_feat, num_key_layers, num_keys, height, width, active_keys=None):
-        """Multiply-accumulates of one module, as torch's flop counter counts them (counted FLOPs / 2).
+    def macs(cls, num_feat, num_key_layers, num_keys, height, width, aggregation=False, active_keys=None, **kwargs):
+        """Multiply-accumulates of one module; by default as torch's flop counter counts them (FLOPs / 2).
 
-        Counted: the 1x1 convs (value projections, offsets, logits, gates, output projection) and the
-        weighted sum of the sampled keys. Not counted: the bilinear lookups (``grid_sample``, about 4 MACs per
-        channel per key), softmax, gate noise; nor the weighted sum when L * K = 1 (torch then multiplies
-        element-wise instead of calling a matmul). The result is linear in ``num_key_layers``:
-        ``macs(L) = macs(0) + L * (macs(1) - macs(0))``.
+        Counted: the 1x1 convs (value projections, offsets, logits, gates, output projection). Not counted
+        by the flop counter: the key aggregation (``F.embedding_bag`` over the 4 bilinear corners of every
+        key, 4 MACs per channel per key), softmax, gates; ``aggregation=True`` adds the aggregation. The
+        result is linear in ``num_key_layers``: ``macs(L) = macs(0) + L * (macs(1) - macs(0))``.
 
         Args:
             num_feat (int): C.
@@ -239,14 +287,16 @@ class CrossLayerAttention(nn.Module):
             num_keys (int): K.
             height (int): H of the feature maps.
             width (int): W of the feature maps.
-            active_keys (float | None): Mean number of open keys per key layer, for the effective MACs of a
-                sparse weighted sum; None counts all K, as the dense implementation here does.
+            aggregation (bool): Add the 4 * K * L * C * H * W MACs of the key aggregation. Default: False.
+            active_keys (float | None): Mean number of open keys per key layer, to count the aggregation of
+                the open keys only (as a sparse implementation would); None: all K. Default: None.
 
         Returns:
             float: MACs.
         """
-        keys = num_keys if active_keys is None else active_keys
-        per_layer = num_feat * num_feat + cls.heads_per_key * num_keys * num_feat + keys * num_feat
+        per_layer = num_feat * num_feat + cls.heads_per_key * num_keys * num_feat
+        if aggregation:
+            per_layer += 4 * (num_keys if active_keys is None else active_keys) * num_feat
         return height * width * (num_feat * num_feat + num_key_layers * per_layer)
 
     # 1x1 conv output channels per key and key layer: 2 offsets + 1 logit
@@ -271,8 +321,8 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         num_keys (int): Maximum number K of keys per key layer. Default: 16 (the paper's ACLA, Table 8).
         temperature (float): Temperature of the relaxed gates; a settable attribute. Default: 1.0.
         straight_through (bool): Hard gates in the training forward pass too. Default: False.
-        max_elements (int): Memory budget of the key sampling, see :class:`CrossLayerAttention`.
-            Default: 2**27.
+        max_memory_mb (float): Memory budget of the key sampling, see :class:`CrossLayerAttention`.
+            Default: 1024.
     """
 
     # Initial gate logit: sigmoid(2) = 88 % of the keys open at the start of training.
@@ -285,8 +335,8 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
                  num_keys=16,
                  temperature=1.0,
                  straight_through=False,
-                 max_elements=DEFAULT_MAX_ELEMENTS):
-        super().__init__(num_feat, num_key_layers, num_keys, max_elements)
+                 max_memory_mb=DEFAULT_MAX_MEMORY_MB):
+        super().__init__(num_feat, num_key_layers, num_keys, max_memory_mb)
         self.temperature = temperature
         self.straight_through = straight_through
         self.gate = nn.Conv2d(num_feat, num_keys * num_key_layers, 1)
@@ -312,7 +362,7 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
             noisy = logits + torch.log(u) - torch.log1p(-u)
             gates = torch.sigmoid(noisy / self.temperature)
             if self.straight_through:
-                gates = (noisy > 0).to(gates) + gates - gates.detach()
+                gates = (noisy > 0).to(gates) + (gates - gates.detach())  # exactly hard in forward
         else:
             gates = (logits > 0).to(logits)
         self.last_active_keys = gates.detach().sum(2).mean((0, 2, 3))
@@ -330,17 +380,17 @@ class NonLocalAttention(nn.Module):
         num_key_layers (int): Ignored (NL attends within the query layer); kept for a uniform interface.
             Default: 0.
         reduction (int): C / C'. Default: 1 (calibrated on the MACs of ACLA Table 4, see docs/cla_acla.md).
-        max_elements (int): Largest attention matrix built at once (B*N*N elements); above it the queries
-            are processed in chunks. Default: 2**27.
+        max_memory_mb (float): Approximate memory budget (MiB) of the attention matrix; above it the queries
+            are processed in chunks. Default: 1024.
     """
 
-    def __init__(self, num_feat, num_key_layers=0, reduction=1, max_elements=DEFAULT_MAX_ELEMENTS):
+    def __init__(self, num_feat, num_key_layers=0, reduction=1, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__()
         _check_positive_int(reduction, 'nl_reduction')
         inter = max(1, num_feat // reduction)
         self.num_feat = num_feat
         self.reduction = reduction
-        self.max_elements = max_elements
+        self.max_memory_mb = max_memory_mb
         self.query = nn.Conv2d(num_feat, inter, 1)
         self.key = nn.Conv2d(num_feat, inter, 1)
         self.value = nn.Conv2d(num_feat, inter, 1)
@@ -351,12 +401,12 @@ class NonLocalAttention(nn.Module):
         b, _, h, w = x.shape
         out = dot_product_attention(
             self.query(x).flatten(2).transpose(1, 2), self.key(x).flatten(2),
-            self.value(x).flatten(2).transpose(1, 2), self.max_elements)
+            self.value(x).flatten(2).transpose(1, 2), self.max_memory_mb)
         return x + self.proj(out.transpose(1, 2).reshape(b, -1, h, w))
 
     @staticmethod
-    def macs(num_feat, num_key_layers, num_keys, height, width, reduction=1):
-        """MACs of one module as counted by torch's flop counter (see :meth:`CrossLayerAttention.macs`)."""
+    def macs(num_feat, num_key_layers, num_keys, height, width, reduction=1, **kwargs):
+        """MACs of one module as counted by torch's flop counter: embeddings and the two attention matmuls."""
         inter, n = max(1, num_feat // reduction), height * width
         return 4 * num_feat * inter * n + 2 * n * n * inter
 
@@ -372,10 +422,10 @@ class CrossLayerNonLocalAttention(nn.Module):
         num_feat (int): Channel number C.
         num_key_layers (int): Number L of key layers.
         reduction (int): C / C'. Default: 1 (calibrated on the MACs of ACLA Table 4, see docs/cla_acla.md).
-        max_elements (int): Largest attention matrix built at once (B*N*L*N elements). Default: 2**27.
+        max_memory_mb (float): Approximate memory budget (MiB) of the attention matrix. Default: 1024.
     """
 
-    def __init__(self, num_feat, num_key_layers, reduction=1, max_elements=DEFAULT_MAX_ELEMENTS):
+    def __init__(self, num_feat, num_key_layers, reduction=1, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__()
         _check_positive_int(reduction, 'nl_reduction')
         _check_positive_int(num_key_layers, 'num_key_layers')
@@ -383,7 +433,7 @@ class CrossLayerNonLocalAttention(nn.Module):
         self.num_feat = num_feat
         self.reduction = reduction
         self.num_key_layers = num_key_layers
-        self.max_elements = max_elements
+        self.max_memory_mb = max_memory_mb
         self.query = nn.Conv2d(num_feat, inter, 1)
         self.key = nn.ModuleList(nn.Conv2d(num_feat, inter, 1) for _ in range(num_key_layers))
         self.value = nn.ModuleList(nn.Conv2d(num_feat, inter, 1) for _ in range(num_key_layers))
@@ -398,12 +448,12 @@ class CrossLayerNonLocalAttention(nn.Module):
         keys = torch.cat([proj(layer).flatten(2) for proj, layer in zip(self.key, key_layers)], 2)
         values = torch.cat([proj(layer).flatten(2) for proj, layer in zip(self.value, key_layers)], 2)
         out = dot_product_attention(
-            self.query(x).flatten(2).transpose(1, 2), keys, values.transpose(1, 2), self.max_elements)
+            self.query(x).flatten(2).transpose(1, 2), keys, values.transpose(1, 2), self.max_memory_mb)
         return x + self.proj(out.transpose(1, 2).reshape(b, -1, h, w))
 
     @staticmethod
-    def macs(num_feat, num_key_layers, num_keys, height, width, reduction=1):
-        """MACs of one module as counted by torch's flop counter (see :meth:`CrossLayerAttention.macs`)."""
+    def macs(num_feat, num_key_layers, num_keys, height, width, reduction=1, **kwargs):
+        """MACs of one module as counted by torch's flop counter: embeddings and the two attention matmuls."""
         inter, n = max(1, num_feat // reduction), height * width
         return (2 + 2 * num_key_layers) * num_feat * inter * n + 2 * n * num_key_layers * n * inter
 

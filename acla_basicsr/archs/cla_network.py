@@ -7,7 +7,7 @@ plain EDSR/RCAN weights load into the backbone with ``strict=False`` (only ``att
 import torch
 from torch import nn as nn
 
-from .cla_modules import (DEFAULT_MAX_ELEMENTS, AdaptiveCrossLayerAttention, CrossLayerAttention,
+from .cla_modules import (DEFAULT_MAX_MEMORY_MB, AdaptiveCrossLayerAttention, CrossLayerAttention,
                           CrossLayerNonLocalAttention, NonLocalAttention)
 
 ATTENTION_CHOICES = ('none', 'cla', 'acla', 'nl', 'clnl')
@@ -87,7 +87,7 @@ class CrossLayerAttentionMixin:
     """
 
     def _build_attention(self, num_in_ch, num_out_ch, num_feat, img_range, rgb_mean, attention, positions,
-                         num_keys, temperature, straight_through, nl_reduction, max_elements):
+                         num_keys, temperature, straight_through, nl_reduction, max_memory_mb):
         del self.mean  # basicsr's 3-channel mean attribute; replaced by per-side buffers below
         self.img_range = img_range
         self.register_buffer('mean_in', channel_mean(rgb_mean, num_in_ch, 'num_in_ch'), persistent=False)
@@ -100,14 +100,14 @@ class CrossLayerAttentionMixin:
         for index in range(len(positions)):
             num_key_layers = index + 1
             if attention == 'cla':
-                module = CrossLayerAttention(num_feat, num_key_layers, num_keys, max_elements)
+                module = CrossLayerAttention(num_feat, num_key_layers, num_keys, max_memory_mb)
             elif attention == 'acla':
                 module = AdaptiveCrossLayerAttention(num_feat, num_key_layers, num_keys, temperature, straight_through,
-                                                     max_elements)
+                                                     max_memory_mb)
             elif attention == 'nl':
-                module = NonLocalAttention(num_feat, 0, nl_reduction, max_elements)
+                module = NonLocalAttention(num_feat, 0, nl_reduction, max_memory_mb)
             else:
-                module = CrossLayerNonLocalAttention(num_feat, num_key_layers, nl_reduction, max_elements)
+                module = CrossLayerNonLocalAttention(num_feat, num_key_layers, nl_reduction, max_memory_mb)
             modules.append(module)
         self.attention = nn.ModuleList(modules)
 
@@ -156,20 +156,17 @@ class CrossLayerAttentionMixin:
             if hasattr(module, 'temperature'):
                 module.temperature = temperature
 
-    def attention_macs(self, height, width, active_keys=None):
-        """MACs of all attention modules at a (height, width) feature map, as torch's flop counter counts them.
+    def attention_macs(self, height, width, aggregation=False, active_keys=None):
+        """MACs of all attention modules at a (height, width) feature map (by default as torch's counter counts).
 
         Args:
             height (int): Feature (= input) height.
             width (int): Feature width.
-            active_keys (float | None): See :meth:`CrossLayerAttention.macs`. Default: None.
+            aggregation (bool): Add the uncounted key aggregation of CLA/ACLA, see
+                :meth:`~acla_basicsr.archs.cla_modules.CrossLayerAttention.macs`. Default: False.
+            active_keys (float | None): Open keys per key layer for that aggregation; None: all. Default: None.
         """
-        total = 0
-        for index, module in enumerate(self.attention):
-            if self.attention_type in ('nl', 'clnl'):
-                kwargs = {'reduction': module.reduction}
-            else:
-                kwargs = {'active_keys': active_keys}
-            total += type(module).macs(module.num_feat, index + 1, self.num_keys, height, width, **kwargs)
-        return total
-
+        return sum(
+            type(module).macs(module.num_feat, index + 1, self.num_keys, height, width, aggregation=aggregation,
+                              active_keys=active_keys, reduction=getattr(module, 'reduction', 1))
+            for index, module in enumerate(self.attention))
