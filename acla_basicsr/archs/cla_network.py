@@ -79,7 +79,7 @@ def check_attention_args(attention, insert_positions, num_positions, unit, num_k
 
 
 class CrossLayerAttentionMixin:
-    """Cross-layer attention after chosen blocks of a basicsr EDSR/RCAN (ACLA paper Sec. 3, Fig. 2).
+    """Cross-layer attention after chosen blocks of a basicsr EDSR/RCAN (ACLA paper Sec. 3).
 
     The m-th module (in ``insert_positions`` order) queries the feature after its block and has m key
     layers: the head feature (output of ``conv_first``) and the features at the m - 1 earlier insertion
