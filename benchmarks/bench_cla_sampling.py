@@ -167,9 +167,9 @@ def bench_sampling(args, device):
     for name in METHODS:
         diff = [(results[name]['out'] - results[REFERENCE]['out']).abs().max().item()]
         diff += [(a - b).abs().max().item() for a, b in zip(results[name]['grads'], results[REFERENCE]['grads'])]
+        diffs = ' | '.join(f'{d:.1e}' for d in diff)
         print(f'| {name} | {1000 * med[name][0]:.1f} | {1000 * med[name][1]:.1f} | '
-              f'{med[REFERENCE][0] / med[name][0]:.1f}x | {memory[name]:.1f} | ' + ' | '.join(f'{d:.1e}' for d in diff) +
-              ' |')
+              f'{med[REFERENCE][0] / med[name][0]:.1f}x | {memory[name]:.1f} | {diffs} |')
 
 
 def bench_edsr(args, device):

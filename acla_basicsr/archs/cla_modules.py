@@ -18,7 +18,7 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   Nothing of size K*C*H*W is built. Zero padding outside the map; the result equals the public code's
   per-key ``torchvision.ops.deform_conv2d`` with an identity 1x1 kernel on the same offsets (and equally
   ``F.grid_sample`` with ``align_corners=False`` at pixel centres, kept as ``method='grid_sample'``; the
-  gather is about 4x faster forward + backward on CPU, see benchmarks/bench_cla_sampling.py). Offsets use
+  gather was 2.5x faster forward + backward on CPU in benchmarks/bench_cla_sampling.py). Offsets use
   deform_conv2d's layout: (dy, dx) pairs, key-major. Above ``max_memory_mb`` the keys are processed in
   chunks, each recomputed in backward (activation checkpointing), so memory stays bounded in training.
 - ACLA adds a gate per key, predicted from the query: a relaxed binary gate (Gumbel-sigmoid, i.e. binary
