@@ -1,0 +1,467 @@
+"""Cross-layer attention modules: CLA and ACLA (ACLA paper, Sec. 3) and the paper's comparisons NL and CLNL.
+
+Unregistered helpers of :mod:`acla_basicsr.archs.acla_edsr_arch`, :mod:`acla_basicsr.archs.acla_rcan_arch` and
+of the insert-position search. Every module is called as ``module(x, key_layers)`` with the query feature
+``x`` (B, C, H, W) and the list of its key layers (each (B, C, H, W); NL ignores them) and returns
+``x + update``. The output projection is zero-initialised, so a freshly built module is an identity.
+
+Design decisions (see SPEC section 3 and docs/cla_acla.md):
+
+- CLA keys: for each query pixel, K positions per key layer at ``p + offset``; the 2*K*L offsets and the
+  K*L attention logits come from the query through 1x1 convs; one softmax over all K*L keys (deformable
+  attention style, no query-key dot product). Each key layer has its own 1x1 CxC value projection (this is
+  what makes the parameter counts of ACLA Table 5 grow quadratically with the number of modules); one CxC
+  output projection per module.
+- Sampling is one vectorised bilinear lookup per module for all key layers, keys and pixels: the four
+  corners of every key, with their bilinear weights times the key's attention weight, are summed by one
+  ``F.embedding_bag`` (mode 'sum', per-sample weights) over a channels-last table of the value maps.
+  Nothing of size K*C*H*W is built. Zero padding outside the map; the result equals the public code's
+  per-key ``torchvision.ops.deform_conv2d`` with an identity 1x1 kernel on the same offsets (and equally
+  ``F.grid_sample`` with ``align_corners=False`` at pixel centres, kept as ``method='grid_sample'``; the
+  gather was 2.5x faster forward + backward on CPU in benchmarks/bench_cla_sampling.py). Offsets use
+  deform_conv2d's layout: (dy, dx) pairs, key-major. Above ``max_memory_mb`` the keys are processed in
+  chunks, each recomputed in backward (activation checkpointing), so memory stays bounded in training.
+- ACLA adds a gate per key, predicted from the query: a relaxed binary gate (Gumbel-sigmoid, i.e. binary
+  concrete, with a temperature) in training, a hard gate ``logit > 0`` in evaluation. The softmax weights
+  are renormalised over the open keys, ``w * z / max(sum(w * z), eps)``, so a closed key gets exactly zero
+  weight and a query whose keys are all closed gets a zero update (the module is an identity there).
+"""
+import torch
+from torch import nn as nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
+
+# Default memory budget of one attention step (MiB): above it keys or queries are processed in chunks.
+DEFAULT_MAX_MEMORY_MB = 1024
+# Floor of the sum of the kept weights when renormalising: all keys closed gives zero weights, not NaN.
+RENORM_EPS = 1e-12
+# Approximate bytes per element in forward + backward (measured with a fresh-process peak-RSS probe):
+# a gathered (key, corner, pixel) entry: indices, corner weights and their intermediates;
+_BYTES_PER_GATHER_ENTRY = 100
+# an element of the (B, L, C, H, W, K) tensor of grid_sample: the samples, the einsum copy, gradients;
+_BYTES_PER_SAMPLE = 16
+# an element of an attention matrix: logits, softmax, gradient.
+_BYTES_PER_ATTENTION = 12
+
+
+def _chunk_size(max_memory_mb, bytes_per_unit):
+    return max(1, int(max_memory_mb * 2**20 // bytes_per_unit))
+
+
+def _chunked(fn, num, chunk, sliced, shared, axis, cat_dim=None):
+    """``fn(*slices, *shared)`` on chunks of ``chunk`` along ``axis`` of the ``sliced`` tensors.
+
+    The results are summed (``cat_dim=None``: chunks of keys) or concatenated along ``cat_dim`` (chunks of
+    queries). When gradients are needed every chunk is recomputed in backward (activation checkpointing),
+    so the peak memory is that of one chunk in training too.
+    """
+    outs = []
+    for start in range(0, num, chunk):
+        args = [t.narrow(axis, start, min(chunk, num - start)) for t in sliced] + list(shared)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in args):
+            out = checkpoint(fn, *args, use_reentrant=False)
+        else:
+            out = fn(*args)
+        if cat_dim is None:
+            outs = [out if not outs else outs[0] + out]
+        else:
+            outs.append(out)
+    return outs[0] if cat_dim is None else torch.cat(outs, cat_dim)
+
+
+def _gather_and_sum(values, offsets, weights):
+    b, num_layers, c, h, w = values.shape
+    num_keys = offsets.shape[2]
+    table = values.permute(0, 1, 3, 4, 2).reshape(b * num_layers * h * w, c)
+    # sampling positions in pixels, (B, L, K, H, W)
+    py = torch.arange(h, device=values.device, dtype=values.dtype).view(h, 1) + offsets[:, :, :, 0]
+    px = torch.arange(w, device=values.device, dtype=values.dtype) + offsets[:, :, :, 1]
+    y0, x0 = py.floor(), px.floor()
+    fy, fx = py - y0, px - x0
+    gy, gx = 1 - fy, 1 - fx
+    # the four corners on dim 3: (B, L, K, 4, H, W)
+    cy = torch.stack((y0, y0, y0 + 1, y0 + 1), 3)
+    cx = torch.stack((x0, x0 + 1, x0, x0 + 1), 3)
+    inside = (cy >= 0) & (cy <= h - 1) & (cx >= 0) & (cx <= w - 1)  # zero padding
+    coef = torch.stack((gy * gx, gy * fx, fy * gx, fy * fx), 3) * weights.unsqueeze(3) * inside
+    # int32 indices when they fit: embedding_bag's backward sorts them, twice as fast as int64
+    itype = torch.int32 if table.shape[0] < 2**31 else torch.int64
+    layer = torch.arange(b * num_layers, device=values.device, dtype=itype).view(b, num_layers, 1, 1, 1, 1)
+    index = layer * (h * w) + cy.clamp(0, h - 1).to(itype) * w + cx.clamp(0, w - 1).to(itype)
+    # one bag per query pixel holding its L*K*4 (key, corner) entries
+    bag = num_layers * num_keys * 4
+    index = index.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag)
+    coef = coef.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag)
+    out = F.embedding_bag(index, table, per_sample_weights=coef, mode='sum')
+    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _grid_sample_and_sum(values, offsets, weights):
+    b, num_layers, c, h, w = values.shape
+    k = offsets.shape[2]
+    # normalised coordinates of the pixel centres (align_corners=False): pixel j <-> (2j + 1) / W - 1
+    xs = (torch.arange(w, device=values.device, dtype=values.dtype) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=values.device, dtype=values.dtype) * 2 + 1) / h - 1
+    off = offsets.permute(0, 1, 4, 5, 2, 3)  # (B, L, H, W, K, 2), pairs (dy, dx)
+    grid = torch.stack((xs.view(w, 1) + off[..., 1] * (2 / w), ys.view(h, 1, 1) + off[..., 0] * (2 / h)), -1)
+    sampled = F.grid_sample(
+        values.reshape(b * num_layers, c, h, w),
+        grid.reshape(b * num_layers, h, w * k, 2),
+        mode='bilinear',
+        padding_mode='zeros',
+        align_corners=False)
+    return torch.einsum('blchwk,blkhw->bchw', sampled.view(b, num_layers, c, h, w, k), weights)
+
+
+_SAMPLERS = {'gather': _gather_and_sum, 'grid_sample': _grid_sample_and_sum}
+
+
+def sample_keys(values, offsets, weights, max_memory_mb=DEFAULT_MAX_MEMORY_MB, method='gather'):
+    """Weighted sum of bilinearly sampled keys, one vectorised lookup for all key layers and keys.
+
+    ``out[b, :, i, j] = sum_{l, k} weights[b, l, k, i, j] * values[b, l, :, i + dy, j + dx]`` with
+    ``(dy, dx) = offsets[b, l, k, :, i, j]`` in pixels, bilinear interpolation and zero outside the map:
+    the same as ``torchvision.ops.deform_conv2d(values[:, l], offsets[:, l, k], eye(C)[..., None, None])``
+    summed with the weights, without the C*C MACs per key of the identity kernel.
+
+    Args:
+        values (Tensor): (B, L, C, H, W) value maps of the L key layers.
+        offsets (Tensor): (B, L, K, 2, H, W) key offsets (dy, dx) from each query pixel, in pixels.
+        weights (Tensor): (B, L, K, H, W) weight of each key.
+        max_memory_mb (float): Approximate memory budget (MiB); above it the keys are processed in chunks,
+            recomputed in backward. Default: 1024.
+        method (str): 'gather' (``F.embedding_bag`` over the four corners of every key) or 'grid_sample'
+            (``F.grid_sample`` of all keys, then a weighted sum; builds the (B, L, C, H, W, K) samples).
+            Default: 'gather'.
+
+    Returns:
+        Tensor: (B, C, H, W).
+    """
+    if method not in _SAMPLERS:
+        raise ValueError(f"method: '{method}' is unknown; use one of {', '.join(_SAMPLERS)}.")
+    b, num_layers, c, h, w = values.shape
+    k = offsets.shape[2]
+    per_key = b * num_layers * h * w * (4 * _BYTES_PER_GATHER_ENTRY if method == 'gather' else c * _BYTES_PER_SAMPLE)
+    chunk = _chunk_size(max_memory_mb, per_key)
+    sampler = _SAMPLERS[method]
+    if chunk >= k:
+        return sampler(values, offsets, weights)
+    return _chunked(lambda o, wt, v: sampler(v, o, wt), k, chunk, (offsets, weights), (values, ), axis=2)
+
+
+def _attend(q, k, v, scale):
+    return torch.softmax(torch.matmul(q, k) * scale, dim=-1).matmul(v)
+
+
+def dot_product_attention(query, key, value, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
+    """Softmax dot-product attention with explicit matmuls, chunked over queries to bound memory.
+
+    Explicit matmuls (not ``F.scaled_dot_product_attention``) so that torch's flop counter counts them on
+    every device.
+
+    Args:
+        query (Tensor): (B, N, D).
+        key (Tensor): (B, D, M).
+        value (Tensor): (B, M, D).
+        max_memory_mb (float): Approximate memory budget (MiB) of the attention matrices; above it the
+            queries are processed in chunks, recomputed in backward. Default: 1024.
+
+    Returns:
+        Tensor: (B, N, D).
+    """
+    b, n, d = query.shape
+    scale = d**-0.5
+    chunk = _chunk_size(max_memory_mb, b * key.shape[-1] * _BYTES_PER_ATTENTION)
+    if chunk >= n:
+        return _attend(query, key, value, scale)
+    return _chunked(lambda q, k, v: _attend(q, k, v, scale), n, chunk, (query, ), (key, value), axis=1, cat_dim=1)
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{name}: {value!r} must be an integer >= 1.')
+
+
+def initial_offsets(num_keys):
+    """Initial (dy, dx) of K keys: the 8-neighbourhood at radius 1, then 2, ... (deformable-attention style).
+
+    Args:
+        num_keys (int): K.
+
+    Returns:
+        Tensor: (K, 2).
+    """
+    index = torch.arange(num_keys, dtype=torch.float64)
+    angle = 2 * torch.pi * (index % 8) / min(num_keys, 8)
+    direction = torch.stack((torch.sin(angle), torch.cos(angle)), -1)
+    direction = direction / direction.abs().max(-1, keepdim=True).values
+    offsets = direction * (1 + torch.div(index, 8, rounding_mode='floor')).unsqueeze(-1)
+    return offsets.round(decimals=6).float()
+
+
+class CrossLayerAttention(nn.Module):
+    """Cross-Layer Attention (CLA), ACLA paper Sec. 3 and Tables 4-7: K learned keys per key layer.
+
+    ``y = x + W_o sum_{l, k} softmax_{l,k}(a_{lk}(x)) * W_l f_l(p + o_{lk}(x))`` for every query pixel p,
+    where f_l are the key layers, W_l their 1x1 value projections, o_{lk} and a_{lk} the offsets and
+    logits predicted from the query by 1x1 convs, W_o the zero-initialised output projection.
+
+    Args:
+        num_feat (int): Channel number C of the query and key layers.
+        num_key_layers (int): Number L of key layers (the head feature plus every earlier insertion point).
+        num_keys (int): Number K of keys sampled per key layer. Default: 8 (the paper's CLA, Table 7).
+        max_memory_mb (float): Approximate memory budget (MiB) of the key sampling; above it keys are
+            processed in chunks. Default: 1024.
+    """
+
+    heads_per_key = 3  # 1x1 conv output channels per key and key layer: 2 offsets + 1 logit
+
+    def __init__(self, num_feat, num_key_layers, num_keys=8, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
+        super().__init__()
+        _check_positive_int(num_keys, 'num_keys')
+        _check_positive_int(num_key_layers, 'num_key_layers')
+        self.num_feat = num_feat
+        self.num_key_layers = num_key_layers
+        self.num_keys = num_keys
+        self.max_memory_mb = max_memory_mb
+        self.value = nn.ModuleList(nn.Conv2d(num_feat, num_feat, 1) for _ in range(num_key_layers))
+        self.offset = nn.Conv2d(num_feat, 2 * num_keys * num_key_layers, 1)
+        self.logit = nn.Conv2d(num_feat, num_keys * num_key_layers, 1)
+        # no bias: a zero aggregate (all keys closed) must give a zero update
+        self.proj = nn.Conv2d(num_feat, num_feat, 1, bias=False)
+        nn.init.zeros_(self.offset.weight)
+        with torch.no_grad():
+            self.offset.bias.copy_(initial_offsets(num_keys).repeat(num_key_layers, 1).flatten())
+        nn.init.zeros_(self.logit.weight)
+        nn.init.zeros_(self.logit.bias)
+        nn.init.zeros_(self.proj.weight)
+
+    def key_mask(self, x):
+        """Per-key multiplier of the softmax weights, (B, L, K, H, W), or None to keep every key."""
+        return None
+
+    def key_weights(self, x, layer_weights=None):
+        """Weights of the K*L keys of every query pixel: (B, L, K, H, W), summing to at most 1."""
+        b, _, h, w = x.shape
+        weights = self.logit(x).view(b, -1, h, w).softmax(1).view(b, self.num_key_layers, self.num_keys, h, w)
+        mask = self.key_mask(x)
+        if layer_weights is not None:
+            layer_weights = torch.as_tensor(layer_weights, dtype=x.dtype, device=x.device)
+            layer_weights = layer_weights.reshape(-1, self.num_key_layers, 1, 1, 1)
+            mask = layer_weights if mask is None else mask * layer_weights
+        if mask is None:
+            return weights
+        weights = weights * mask
+        return weights / weights.sum((1, 2), keepdim=True).clamp_min(RENORM_EPS)
+
+    def forward(self, x, key_layers, layer_weights=None):
+        """Attend from the query ``x`` to K keys in each of ``key_layers``.
+
+        Args:
+            x (Tensor): (B, C, H, W) query feature.
+            key_layers (list[Tensor]): L key layers, each (B, C, H, W).
+            layer_weights (Tensor | None): (L,) or (B, L) multipliers of each key layer's keys, the softmax
+                being renormalised over what they keep (for the insert-position supernet: 0 removes a
+                layer, 1 keeps it). Default: None.
+
+        Returns:
+            Tensor: (B, C, H, W), ``x`` plus the attention update.
+        """
+        if len(key_layers) != self.num_key_layers:
+            raise ValueError(f'{type(self).__name__} was built for {self.num_key_layers} key layers, '
+                             f'got {len(key_layers)}.')
+        b, _, h, w = x.shape
+        values = torch.stack([proj(layer) for proj, layer in zip(self.value, key_layers)], 1)
+        offsets = self.offset(x).view(b, self.num_key_layers, self.num_keys, 2, h, w)
+        update = sample_keys(values, offsets, self.key_weights(x, layer_weights), self.max_memory_mb)
+        return x + self.proj(update)
+
+    @classmethod
+    def macs(cls, num_feat, num_key_layers, num_keys, height, width, aggregation=False, active_keys=None, **kwargs):
+        """Multiply-accumulates of one module; by default as torch's flop counter counts them (FLOPs / 2).
+
+        Counted: the 1x1 convs (value projections, offsets, logits, gates, output projection). Not counted
+        by the flop counter: the key aggregation (``F.embedding_bag`` over the 4 bilinear corners of every
+        key, 4 MACs per channel per key), softmax, gates; ``aggregation=True`` adds the aggregation. The
+        result is linear in ``num_key_layers``: ``macs(L) = macs(0) + L * (macs(1) - macs(0))``.
+
+        Args:
+            num_feat (int): C.
+            num_key_layers (int): L.
+            num_keys (int): K.
+            height (int): H of the feature maps.
+            width (int): W of the feature maps.
+            aggregation (bool): Add the 4 * K * L * C * H * W MACs of the key aggregation. Default: False.
+            active_keys (float | None): Mean number of open keys per key layer, to count the aggregation of
+                the open keys only (as a sparse implementation would); None: all K. Default: None.
+
+        Returns:
+            float: MACs.
+        """
+        per_layer = num_feat * num_feat + cls.heads_per_key * num_keys * num_feat
+        if aggregation:
+            per_layer += 4 * (num_keys if active_keys is None else active_keys) * num_feat
+        return height * width * (num_feat * num_feat + num_key_layers * per_layer)
+
+
+class AdaptiveCrossLayerAttention(CrossLayerAttention):
+    """Adaptive Cross-Layer Attention (ACLA), ACLA paper Sec. 3.2 and Table 8: CLA with a learned gate per key.
+
+    A 1x1 conv predicts one gate logit g per key from the query. Training: relaxed binary gate
+    ``z = sigmoid((g + log u - log(1 - u)) / temperature)``, u ~ U(0, 1) (Gumbel-sigmoid); with
+    ``straight_through`` the forward pass uses the hard sample ``z > 0.5`` and the backward pass the relaxed
+    gradient. Evaluation: ``z = [g > 0]``, deterministic. The softmax weights are renormalised over the
+    open keys (closed keys get zero weight; all closed gives a zero update).
+
+    The mean number of open keys per key layer of the last forward pass is kept in :attr:`last_active_keys`
+    ((L,) tensor, detached).
+
+    Args:
+        num_feat (int): Channel number C.
+        num_key_layers (int): Number L of key layers.
+        num_keys (int): Maximum number K of keys per key layer. Default: 16 (the paper's ACLA, Table 8).
+        temperature (float): Temperature of the relaxed gates; a settable attribute. Default: 1.0.
+        straight_through (bool): Hard gates in the training forward pass too. Default: False.
+        max_memory_mb (float): Memory budget of the key sampling, see :class:`CrossLayerAttention`.
+            Default: 1024.
+    """
+
+    # Initial gate logit: sigmoid(2) = 88 % of the keys open at the start of training.
+    gate_bias_init = 2.0
+    heads_per_key = 4  # 2 offsets + 1 logit + 1 gate
+
+    def __init__(self,
+                 num_feat,
+                 num_key_layers,
+                 num_keys=16,
+                 temperature=1.0,
+                 straight_through=False,
+                 max_memory_mb=DEFAULT_MAX_MEMORY_MB):
+        super().__init__(num_feat, num_key_layers, num_keys, max_memory_mb)
+        self.temperature = temperature
+        self.straight_through = straight_through
+        self.gate = nn.Conv2d(num_feat, num_keys * num_key_layers, 1)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.constant_(self.gate.bias, self.gate_bias_init)
+        self.last_active_keys = None
+
+    @property
+    def temperature(self):
+        return self._temperature
+
+    @temperature.setter
+    def temperature(self, value):
+        if not float(value) > 0:
+            raise ValueError(f'temperature: {value!r} must be > 0.')
+        self._temperature = float(value)
+
+    def key_mask(self, x):
+        b, _, h, w = x.shape
+        logits = self.gate(x).view(b, self.num_key_layers, self.num_keys, h, w)
+        if self.training:
+            u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
+            noisy = logits + torch.log(u) - torch.log1p(-u)
+            gates = torch.sigmoid(noisy / self.temperature)
+            if self.straight_through:
+                gates = (noisy > 0).to(gates) + (gates - gates.detach())  # exactly hard in forward
+        else:
+            gates = (logits > 0).to(logits)
+        self.last_active_keys = gates.detach().sum(2).mean((0, 2, 3))
+        return gates
+
+
+class NonLocalAttention(nn.Module):
+    """Non-local attention (NL; Wang et al., CVPR 2018, embedded Gaussian) over all positions of one layer.
+
+    ``y = x + W_o softmax(theta(x)^T phi(x) / sqrt(C')) g(x)``; the comparison of ACLA Table 4.
+    theta, phi and g are 1x1 convs to C' = C / reduction channels, W_o a zero-initialised 1x1 conv.
+
+    Args:
+        num_feat (int): Channel number C.
+        num_key_layers (int): Ignored (NL attends within the query layer); kept for a uniform interface.
+            Default: 0.
+        reduction (int): C / C'. Default: 1 (calibrated on the MACs of ACLA Table 4, see docs/cla_acla.md).
+        max_memory_mb (float): Approximate memory budget (MiB) of the attention matrix; above it the queries
+            are processed in chunks. Default: 1024.
+    """
+
+    def __init__(self, num_feat, num_key_layers=0, reduction=1, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
+        super().__init__()
+        _check_positive_int(reduction, 'nl_reduction')
+        inter = max(1, num_feat // reduction)
+        self.num_feat = num_feat
+        self.reduction = reduction
+        self.max_memory_mb = max_memory_mb
+        self.query = nn.Conv2d(num_feat, inter, 1)
+        self.key = nn.Conv2d(num_feat, inter, 1)
+        self.value = nn.Conv2d(num_feat, inter, 1)
+        self.proj = nn.Conv2d(inter, num_feat, 1, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x, key_layers=None, layer_weights=None):
+        b, _, h, w = x.shape
+        out = dot_product_attention(
+            self.query(x).flatten(2).transpose(1, 2), self.key(x).flatten(2),
+            self.value(x).flatten(2).transpose(1, 2), self.max_memory_mb)
+        return x + self.proj(out.transpose(1, 2).reshape(b, -1, h, w))
+
+    @staticmethod
+    def macs(num_feat, num_key_layers, num_keys, height, width, reduction=1, **kwargs):
+        """MACs of one module as counted by torch's flop counter: embeddings and the two attention matmuls."""
+        inter, n = max(1, num_feat // reduction), height * width
+        return 4 * num_feat * inter * n + 2 * n * n * inter
+
+
+class CrossLayerNonLocalAttention(nn.Module):
+    """Vanilla cross-layer non-local attention (CLNL), ACLA paper Eq. (3) and Table 4.
+
+    Dot-product attention from every query pixel to all positions of all L key layers, one softmax over
+    the L*H*W keys: ``y = x + W_o softmax(theta(x)^T [phi_l(f_l)]_l / sqrt(C')) [g_l(f_l)]_l``, with a key
+    and a value 1x1 projection per key layer (to C' = C / reduction channels).
+
+    Args:
+        num_feat (int): Channel number C.
+        num_key_layers (int): Number L of key layers.
+        reduction (int): C / C'. Default: 1 (calibrated on the MACs of ACLA Table 4, see docs/cla_acla.md).
+        max_memory_mb (float): Approximate memory budget (MiB) of the attention matrix. Default: 1024.
+    """
+
+    def __init__(self, num_feat, num_key_layers, reduction=1, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
+        super().__init__()
+        _check_positive_int(reduction, 'nl_reduction')
+        _check_positive_int(num_key_layers, 'num_key_layers')
+        inter = max(1, num_feat // reduction)
+        self.num_feat = num_feat
+        self.reduction = reduction
+        self.num_key_layers = num_key_layers
+        self.max_memory_mb = max_memory_mb
+        self.query = nn.Conv2d(num_feat, inter, 1)
+        self.key = nn.ModuleList(nn.Conv2d(num_feat, inter, 1) for _ in range(num_key_layers))
+        self.value = nn.ModuleList(nn.Conv2d(num_feat, inter, 1) for _ in range(num_key_layers))
+        self.proj = nn.Conv2d(inter, num_feat, 1, bias=False)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, x, key_layers, layer_weights=None):
+        if len(key_layers) != self.num_key_layers:
+            raise ValueError(f'{type(self).__name__} was built for {self.num_key_layers} key layers, '
+                             f'got {len(key_layers)}.')
+        b, _, h, w = x.shape
+        keys = torch.cat([proj(layer).flatten(2) for proj, layer in zip(self.key, key_layers)], 2)
+        values = torch.cat([proj(layer).flatten(2) for proj, layer in zip(self.value, key_layers)], 2)
+        out = dot_product_attention(
+            self.query(x).flatten(2).transpose(1, 2), keys, values.transpose(1, 2), self.max_memory_mb)
+        return x + self.proj(out.transpose(1, 2).reshape(b, -1, h, w))
+
+    @staticmethod
+    def macs(num_feat, num_key_layers, num_keys, height, width, reduction=1, **kwargs):
+        """MACs of one module as counted by torch's flop counter: embeddings and the two attention matmuls."""
+        inter, n = max(1, num_feat // reduction), height * width
+        return (2 + 2 * num_key_layers) * num_feat * inter * n + 2 * n * num_key_layers * n * inter
+
+
+ATTENTION_TYPES = {
+    'cla': CrossLayerAttention,
+    'acla': AdaptiveCrossLayerAttention,
+    'nl': NonLocalAttention,
+    'clnl': CrossLayerNonLocalAttention,
+}

@@ -1,0 +1,137 @@
+"""Parameters and MACs of the ACLA paper's networks, side by side with its Tables 1, 4, 5, 6, 7 and 8.
+
+Counting convention (SPEC section 2): MACs of one 48x48 LR input at x2, measured with
+``torch.utils.flop_counter.FlopCounterMode`` (MACs = counted FLOPs / 2), on the meta device (no weights,
+no arithmetic). The counter counts convolutions and matrix products (the 1x1 convs of every module and the
+attention matrices of NL / CLNL); it does not count the key aggregation of CLA / ACLA (an
+``F.embedding_bag`` over the 4 bilinear corners of every key: 4 MACs per channel per key, shown apart in
+the column 'aggregation'), softmax, or element-wise operations. The paper's EDSR-large baseline is 93.97 G;
+the counter gives 93.85 G.
+
+Usage: python scripts/complexity.py [--tolerance-params 2] [--tolerance-macs 3]
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import acla_basicsr  # noqa: E402,F401  (makes basicsr importable, registers the archs)
+import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
+from acla_basicsr.archs.acla_rcan_arch import ACLARCAN  # noqa: E402
+
+EDSR_LARGE = dict(num_feat=256, num_block=32, res_scale=0.1, upscale=2)
+RCAN_X2 = dict(num_feat=64, num_group=10, num_block=20, upscale=2)
+SEARCHED = [3, 12, 26, 31, 32]  # Table 9, EDSR SR
+EVERY_8TH = [8, 16, 24, 32]  # "inserted evenly after every 8th residual block" (Sec. 4.5)
+
+
+def evenly(num_modules, num_block=32):
+    """Positions of ``num_modules`` modules spread evenly over ``num_block`` blocks, the last after the last."""
+    return [round(num_block * (i + 1) / num_modules) for i in range(num_modules)]
+
+
+NOTE_NL_PARAMS = ('a full-width NL module has 4 C^2 = 0.26 M parameters, 4 modules 1.05 M; the paper\'s +2.83 M '
+                  'would need 10.8 C^2 per module, which no NL with 1x1 embeddings has. Its MACs, dominated by the '
+                  '(HW)^2 attention, match 4 full-width modules')
+NOTE_CLNL_PARAMS = ('4 CLNL modules with full-width per-key-layer embeddings add 1.84 M; the paper\'s +5.14 M is '
+                    'not reached by 1x1 embeddings at any reduction. MACs match')
+NOTE_ACLA_MACS = ('the paper counts fewer MACs for ACLA than for CLA at the same K (Table 6/8: closed keys not '
+                  'counted); the dense implementation here computes every gate, offset and logit of the K keys')
+NOTE_ACLA_K128 = ('per extra key the paper adds 1.3-1.7 C parameters per key layer from K=32 on (3.6 C from 8 to '
+                  '16); one offset pair, logit and gate per key and key layer is 4 C, so large K is over the paper')
+NOTE_RCAN = ('not an EDSR row (outside the target): at 64 channels 4 modules add 0.1 M, while the paper adds '
+             '1.2-1.4 M; its RCAN baseline "153" (15.3 M) is also not basicsr\'s 15.44 M')
+
+# (table, row, network class, kwargs, paper params M, paper MACs G or None, note when off)
+ROWS = [
+    ('1', 'EDSR+CLA x2', ACLAEDSR, dict(attention='cla', insert_positions=evenly(5)), 42.1, None, ''),
+    ('1', 'EDSR+ACLA x2', ACLAEDSR, dict(attention='acla', insert_positions=SEARCHED), 42.3, None, ''),
+    ('1', 'RCAN x2', ACLARCAN, dict(attention='none', insert_positions=[]), 15.3, None, NOTE_RCAN),
+    ('1', 'RCAN+CLA x2', ACLARCAN, dict(attention='cla', insert_positions=[1, 3, 5, 9]), 16.5, None, NOTE_RCAN),
+    ('1', 'RCAN+ACLA x2', ACLARCAN, dict(attention='acla', insert_positions=[1, 3, 5, 9]), 16.7, None, NOTE_RCAN),
+    ('4', 'EDSR', ACLAEDSR, dict(attention='none', insert_positions=[]), 40.73, 93.97, ''),
+    ('4', 'NL', ACLAEDSR, dict(attention='nl', insert_positions=EVERY_8TH), 43.56, 109.38, NOTE_NL_PARAMS),
+    ('4', 'CLNL', ACLAEDSR, dict(attention='clnl', insert_positions=EVERY_8TH), 45.87, 122.67, NOTE_CLNL_PARAMS),
+    ('4', 'CLA', ACLAEDSR, dict(attention='cla', insert_positions=evenly(5)), 42.13, 96.93, ''),
+    ('4', 'ACLA', ACLAEDSR, dict(attention='acla', insert_positions=SEARCHED), 42.29, 96.97, NOTE_ACLA_MACS),
+    ('5', 'CLA L=5', ACLAEDSR, dict(attention='cla', insert_positions=evenly(5)), 42.13, 96.93, ''),
+    ('5', 'CLA L=8', ACLAEDSR, dict(attention='cla', insert_positions=evenly(8)), 44.35, 101.37, ''),
+    ('5', 'CLA L=16', ACLAEDSR, dict(attention='cla', insert_positions=evenly(16)), 51.47, 118.48, ''),
+    ('5', 'CLA L=32', ACLAEDSR, dict(attention='cla', insert_positions=evenly(32)), 79.29, 182.93, ''),
+    ('6', 'CLA-I (searched positions)', ACLAEDSR, dict(attention='cla', insert_positions=SEARCHED), 42.13, 96.93,
+     ''),
+    ('6', 'CLA-K (key gates, K=16)', ACLAEDSR, dict(attention='acla', insert_positions=evenly(5)), 42.29, 96.87,
+     NOTE_ACLA_MACS),
+    ('6', 'ACLA', ACLAEDSR, dict(attention='acla', insert_positions=SEARCHED), 42.29, 96.98, NOTE_ACLA_MACS),
+] + [('7', f'CLA K={k}', ACLAEDSR, dict(attention='cla', insert_positions=evenly(5), num_keys=k), p, g, '')
+     for k, g, p in ((1, 96.71, 42.09), (8, 96.93, 42.13), (16, 97.38, 42.21), (32, 97.90, 42.39),
+                     (64, 98.92, 42.74))] + [
+                         ('8', f'ACLA K={k}', ACLAEDSR, dict(attention='acla', insert_positions=SEARCHED, num_keys=k),
+                          p, g, NOTE_ACLA_K128 if k == 128 else NOTE_ACLA_MACS)
+                         for k, g, p in ((8, 96.78, 42.18), (16, 96.98, 42.29), (32, 97.56, 42.41),
+                                         (64, 98.03, 42.69), (128, 99.17, 43.02))
+                     ]
+
+
+def count(cls, kwargs, size=48):
+    """Parameters (M), counted MACs (G), analytic attention MACs (G) and uncounted aggregation MACs (G)."""
+    backbone = EDSR_LARGE if cls is ACLAEDSR else RCAN_X2
+    with torch.device('meta'):
+        net = cls(**backbone, **kwargs).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.empty(1, 3, size, size))
+    params = sum(p.numel() for p in net.parameters()) / 1e6
+    aggregation = net.attention_macs(size, size, aggregation=True) - net.attention_macs(size, size)
+    return params, counter.get_total_flops() / 2e9, net.attention_macs(size, size) / 1e9, aggregation / 1e9
+
+
+def percent(ours, paper):
+    return 100 * (ours - paper) / paper
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--tolerance-params', type=float, default=2.0, help='percent; default 2')
+    parser.add_argument('--tolerance-macs', type=float, default=3.0, help='percent; default 3')
+    args = parser.parse_args()
+
+    print('Params (M) and MACs (G) for one 48x48 LR input at x2; MACs = FlopCounterMode FLOPs / 2 (key aggregation '
+          'not counted).')
+    print('aggregation: MACs of the key aggregation (4 per channel per key), not counted by the counter nor in '
+          'the MACs column.')
+    print('| table | row | positions | params | paper | diff | MACs | paper | diff | aggregation | within target |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
+    notes, worst = [], 0.0
+    baseline_macs = {cls: count(cls, dict(attention='none', insert_positions=[]))[1] for cls in (ACLAEDSR, ACLARCAN)}
+    for table, row, cls, kwargs, paper_params, paper_macs, note in ROWS:
+        params, macs, attention_macs, aggregation = count(cls, kwargs)
+        # the analytic model of the modules must agree with the counter (attention MACs = total - backbone)
+        worst = max(worst, abs(macs - baseline_macs[cls] - attention_macs))
+        d_params = percent(params, paper_params)
+        ok = abs(d_params) <= args.tolerance_params
+        macs_cells = f'{macs:.2f} | - | -'
+        if paper_macs is not None:
+            d_macs = percent(macs, paper_macs)
+            ok = ok and abs(d_macs) <= args.tolerance_macs
+            macs_cells = f'{macs:.2f} | {paper_macs:.2f} | {d_macs:+.1f}%'
+        positions = ','.join(map(str, kwargs['insert_positions'])) or '-'
+        if len(positions) > 24:
+            positions = positions[:21] + '...'
+        verdict = 'yes' if ok else 'NO (note %d)' % (len(notes) + 1)
+        if not ok:
+            notes.append(f'{table} {row}: {note or "no explanation recorded"}')
+        print(f'| {table} | {row} | {positions} | {params:.2f} | {paper_params:.2f} | {d_params:+.1f}% | '
+              f'{macs_cells} | {aggregation:.2f} | {verdict} |')
+    print(f'\nTargets: params within {args.tolerance_params:g} %, MACs within {args.tolerance_macs:g} % of the paper.')
+    for i, note in enumerate(notes, 1):
+        print(f'note {i}: {note}.')
+    print(f'Analytic module MACs (CrossLayerAttention.macs etc.) vs the counter: largest difference {worst:.2e} G.')
+    print('ACLA rows have every key computed (dense); the aggregation of the open keys only, for a trained '
+          'network, is net.attention_macs(h, w, aggregation=True, active_keys=...) with the logged open keys.')
+
+
+if __name__ == '__main__':
+    main()
