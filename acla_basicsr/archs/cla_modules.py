@@ -314,7 +314,8 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
     open keys (closed keys get zero weight; all closed gives a zero update).
 
     The mean number of open keys per key layer of the last forward pass is kept in :attr:`last_active_keys`
-    ((L,) tensor, detached).
+    ((L,) tensor, detached); in training, the mean of -log P(key closed) = softplus(g) is kept in
+    :attr:`open_cost` (a scalar in the graph) for ``ACLAKeySparsityLoss``.
 
     Args:
         num_feat (int): Channel number C.
@@ -344,6 +345,7 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, self.gate_bias_init)
         self.last_active_keys = None
+        self.open_cost = None
 
     @property
     def temperature(self):
@@ -364,6 +366,9 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
             gates = torch.sigmoid(noisy / self.temperature)
             if self.straight_through:
                 gates = (noisy > 0).to(gates) + (gates - gates.detach())  # exactly hard in forward
+            # -log P(key closed) = softplus(g) under logistic noise, for ACLAKeySparsityLoss: unlike
+            # P(open) = sigmoid(g), its gradient sigmoid(g) does not vanish for confidently open keys
+            self.open_cost = F.softplus(logits).mean()
         else:
             gates = (logits > 0).to(logits)
         self.last_active_keys = gates.detach().sum(2).mean((0, 2, 3))
