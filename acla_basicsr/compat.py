@@ -18,6 +18,7 @@ imported, also when basicsr was imported first.
 5. Checkpoints and training states are written to a temporary name and renamed, so a run
    killed while saving never leaves a truncated ``.pth`` or ``.state`` behind.
 """
+import datetime
 import os
 import sys
 import tempfile
@@ -56,7 +57,8 @@ def init_dist(launcher, backend=None, **kwargs):
             MASTER_PORT) or 'slurm'.
         backend (str | None): 'nccl' or 'gloo'. Default: ``dist_params.backend`` from the
             options, else nccl when CUDA is available and gloo otherwise.
-        **kwargs: ``port`` for slurm; anything else goes to ``init_process_group``.
+        **kwargs: ``port`` (slurm only: torchrun takes ``--master_port``) and ``timeout`` in
+            seconds, as in ``dist_params``.
     """
     import subprocess
 
@@ -65,27 +67,28 @@ def init_dist(launcher, backend=None, **kwargs):
 
     params = dict(DIST_PARAMS)
     params.update(kwargs)
-    backend = backend or params.pop('backend', None) or default_backend()
-    params.pop('backend', None)
+    backend = backend or params.get('backend') or default_backend()
     if backend == 'nccl' and not torch.cuda.is_available():
         raise RuntimeError('dist_params.backend is nccl but no CUDA device is visible; '
                            'use backend: gloo (or leave it unset) to train distributed on CPU.')
     if launcher == 'slurm':
-        port = params.pop('port', None)
         proc_id, ntasks = int(os.environ['SLURM_PROCID']), int(os.environ['SLURM_NTASKS'])
         num_gpus = max(torch.cuda.device_count(), 1)
         addr = subprocess.getoutput(f"scontrol show hostname {os.environ['SLURM_NODELIST']} | head -n1")
-        if port is not None:
-            os.environ['MASTER_PORT'] = str(port)
+        if params.get('port') is not None:
+            os.environ['MASTER_PORT'] = str(params['port'])
         os.environ.setdefault('MASTER_PORT', '29500')
         os.environ.update(MASTER_ADDR=addr, WORLD_SIZE=str(ntasks), RANK=str(proc_id),
                           LOCAL_RANK=str(proc_id % num_gpus))
-    elif launcher != 'pytorch':
+    elif launcher != 'pytorch':  # torchrun's --master_addr/--master_port set the rendezvous; port is slurm's
         raise ValueError(f"Invalid launcher '{launcher}': use --launcher pytorch (torchrun) or slurm.")
+    group_kwargs = {}
+    if params.get('timeout') is not None:  # seconds
+        group_kwargs['timeout'] = datetime.timedelta(seconds=float(params['timeout']))
     if backend == 'nccl':
         torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count())
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend, **params)
+        dist.init_process_group(backend=backend, **group_kwargs)
 
 
 def load_state_file(path):

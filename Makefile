@@ -1,0 +1,16 @@
+# The two commands of the README: `make demo` (set-up, example data, demo training) and `make test`.
+PYTHON ?= python
+
+.PHONY: install data demo test
+install:
+	$(PYTHON) -m pip install -r requirements.txt
+	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
+
+data: install
+	$(PYTHON) scripts/prepare_example_data.py
+
+demo: data
+	$(PYTHON) acla_basicsr/train.py -opt options/train/demo_EDSR_SRx2.yml
+
+test: install
+	$(PYTHON) -m pytest tests -q

@@ -1,0 +1,101 @@
+"""Shared fixtures: tiny SR data made on the fly, tiny configs, and running the entry points."""
+import os
+import os.path as osp
+import shutil
+import subprocess
+import sys
+import uuid
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import acla_basicsr  # noqa: E402,F401  (makes basicsr importable, registers the project's classes)
+
+SHARED_DATASETS = osp.abspath(osp.join(ROOT, osp.pardir, 'shared', 'datasets'))
+
+
+def smooth_image(rng, size, channels=3):
+    """A random smooth uint8 image (blurred noise plus a gradient): learnable, unlike white noise."""
+    img = rng.random((size // 4 + 1, size // 4 + 1, channels)).astype(np.float32)
+    img = cv2.resize(img, (size, size), interpolation=cv2.INTER_CUBIC).reshape(size, size, channels)
+    img = 0.7 * img + 0.3 * np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
+    return np.clip(img * 255, 0, 255).round().astype(np.uint8)
+
+
+def write_sr_folders(root, num=6, size=48, scale=2, seed=0):
+    """Write ``root/HR`` and ``root/LR/X{scale}`` PNG folders (MATLAB-bicubic LR); return both paths."""
+    from basicsr.utils.matlab_functions import imresize
+    rng = np.random.default_rng(seed)
+    hr_dir, lr_dir = osp.join(root, 'HR'), osp.join(root, 'LR', f'X{scale}')
+    os.makedirs(hr_dir, exist_ok=True)
+    os.makedirs(lr_dir, exist_ok=True)
+    for i in range(num):
+        hr = smooth_image(rng, size)
+        lr = np.clip(np.round(imresize(hr.astype(np.float32) / 255., 1 / scale) * 255), 0, 255).astype(np.uint8)
+        cv2.imwrite(osp.join(hr_dir, f'img{i:02d}.png'), hr)
+        cv2.imwrite(osp.join(lr_dir, f'img{i:02d}.png'), lr)
+    return hr_dir, lr_dir
+
+
+def tiny_sr_options(name, hr_dir, lr_dir, scale=2, total_iter=4, **train_overrides):
+    """A complete basicsr training options dict for a tiny EDSR on folder data, on the CPU."""
+    opt = {
+        'name': name, 'model_type': 'RestorationModel', 'scale': scale, 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {
+            'train': {'name': 'tiny', 'type': 'PairedImageDataset', 'dataroot_gt': hr_dir, 'dataroot_lq': lr_dir,
+                      'io_backend': {'type': 'disk'}, 'gt_size': 16 * scale, 'use_hflip': True, 'use_rot': True,
+                      'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2, 'dataset_enlarge_ratio': 1},
+            'val': {'name': 'tiny_val', 'type': 'PairedImageDataset', 'dataroot_gt': hr_dir, 'dataroot_lq': lr_dir,
+                    'io_backend': {'type': 'disk'}},
+        },
+        'network_g': {'type': 'EDSR', 'num_in_ch': 3, 'num_out_ch': 3, 'num_feat': 8, 'num_block': 1,
+                      'upscale': scale, 'res_scale': 1, 'img_range': 255., 'rgb_mean': [0.4488, 0.4371, 0.4040]},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 1e-3, 'weight_decay': 0, 'betas': [0.9, 0.99]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
+                  'total_iter': total_iter, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'}},
+        'val': {'val_freq': total_iter, 'save_img': False,
+                'metrics': {'psnr': {'type': 'calculate_psnr', 'crop_border': scale, 'test_y_channel': True}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': False,
+                   'wandb': {'project': None, 'resume_id': None}},
+        'dist_params': {'backend': 'gloo'},
+    }
+    opt['train'].update(train_overrides)
+    return opt
+
+
+def write_options(opt, path):
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return str(path)
+
+
+def run_entry(script, opt_path, *args, cwd=None, timeout=300, env=None):
+    """Run ``acla_basicsr/<script>.py -opt opt_path args...`` in a fresh process; return the result."""
+    cmd = [sys.executable, osp.join(ROOT, 'acla_basicsr', f'{script}.py'), '-opt', str(opt_path), *args]
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
+    return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture
+def experiment_name():
+    """A unique experiment name; its experiments/, results/ and tb_logger/ folders are removed after the test."""
+    name = f'pytest_{uuid.uuid4().hex[:8]}'
+    yield name
+    for folder in ('experiments', 'results', 'tb_logger'):
+        shutil.rmtree(osp.join(ROOT, folder, name), ignore_errors=True)
+        for archived in (os.listdir(osp.join(ROOT, folder)) if osp.isdir(osp.join(ROOT, folder)) else []):
+            if archived.startswith(name):
+                shutil.rmtree(osp.join(ROOT, folder, archived), ignore_errors=True)
+
+
+@pytest.fixture
+def sr_folders(tmp_path):
+    return write_sr_folders(str(tmp_path / 'data'))
