@@ -77,6 +77,18 @@ def check_candidates(candidates, num_positions, unit):
         raise ValueError(str(error).replace('insert_positions', 'candidates', 1)) from None
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the hard gates exactly; backward: the gradient of the relaxed ones."""
+
+    @staticmethod
+    def forward(ctx, soft, hard):
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
 class PositionSelection(float):
     """The open positions of a search, for a log line: its float value is their number (for tensorboard),
     formatted (whatever the format spec, e.g. basicsr's ``{v:.4e}``) as the list itself, e.g. ``[3,12,26]``."""
@@ -143,7 +155,7 @@ class PositionSearchMixin:
         noisy = logits + torch.log(u) - torch.log1p(-u)
         soft = torch.sigmoid(noisy / self.position_temperature)
         if self.position_straight_through:
-            return (noisy > 0).to(soft) + soft - soft.detach()
+            return _StraightThrough.apply(soft, (noisy > 0).to(soft))
         return soft
 
     def forward_body(self, feat):
