@@ -318,6 +318,7 @@ def test_two_process_gloo_search_keeps_logits_identical(tmp_path, sr_folders, ex
     opt = tiny_search_options(experiment_name, hr_dir, lr_dir, total_iter=4, lam=1.0)
     opt['train']['optim_arch']['lr'] = 0.2
     opt['datasets']['train']['batch_size_per_gpu'] = 2
+    opt['datasets']['train']['dataset_enlarge_ratio'] = 2  # 3 full batches per rank and epoch
     opt['logger']['save_checkpoint_freq'] = 100
     opt_path = write_options(opt, tmp_path / 'dist.yml')
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
