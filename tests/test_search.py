@@ -3,7 +3,6 @@ import glob
 import itertools
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 
@@ -13,6 +12,7 @@ import torch
 import yaml
 
 from conftest import ROOT, run_entry, smooth_image, tiny_sr_options, write_options
+from test_distributed import free_port
 from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
@@ -305,12 +305,6 @@ def test_pipeline_search_exports_a_config_that_trains(tmp_path, sr_folders, expe
         import shutil
         for folder in ('experiments', 'tb_logger'):
             shutil.rmtree(osp.join(ROOT, folder, final_name), ignore_errors=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_gloo_search_keeps_logits_identical(tmp_path, sr_folders, experiment_name):

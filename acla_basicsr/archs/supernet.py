@@ -202,7 +202,7 @@ class PositionSearchMixin:
         """
         if probs is None:
             probs = torch.sigmoid(self.arch_logits)
-        probs = torch.as_tensor(probs, device=self.arch_logits.device).to(torch.float64)
+        probs = torch.as_tensor(probs).to(torch.float64)
         base, per_layer = self.attention_macs_terms(height, width)
         earlier = torch.cumsum(probs, 0) - probs
         return (probs * (base + per_layer * (1 + earlier))).sum()
