@@ -344,8 +344,8 @@ def draw_heatmap(iterations, positions, probs, title='gate probability P(open)')
     axis = cv2.rotate(axis, cv2.ROTATE_90_COUNTERCLOCKWISE)
     img[top:top + axis.shape[0], 8:8 + axis.shape[1]] = np.minimum(img[top:top + axis.shape[0], 8:8 + axis.shape[1]],
                                                                     axis[..., None])
-    # x axis: iteration labels at least 50 px apart
-    step = max(1, math.ceil(50 / cw))
+    # x axis: iteration labels 12 px apart at least
+    step = max(1, math.ceil((max(_text_size(str(v))[0] for v in iterations) + 12) / cw))
     ticks = list(range(0, num_cols, step))
     if ticks[-1] != num_cols - 1:  # always label the last column, replacing a tick that would overlap it
         ticks[-1 if num_cols - 1 - ticks[-1] < step and len(ticks) > 1 else len(ticks):] = [num_cols - 1]
