@@ -8,7 +8,7 @@ machine's load affects each alike. Data loading is not included. Prints the medi
 and the ratios to the final network.
 
 Usage: python benchmarks/bench_search.py [-opt options/search/demo_search_SRx2.yml] [--positions 2 4 6]
-       [--iters 10] [--threads 2]
+       [--iters 10] [--threads 2] [--batch B]
 """
 import argparse
 import copy
@@ -46,6 +46,7 @@ def main():
                         help='positions of the final network; default: every other candidate')
     parser.add_argument('--iters', type=int, default=10, help='timed iterations per model (after 2 warm-up)')
     parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--batch', type=int, default=None, help="batch size; default: the config's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with open(args.opt) as f:
@@ -65,7 +66,7 @@ def main():
         models[label] = build_model(final)
 
     train = opt['datasets']['train']
-    batch, gt_size, scale = train['batch_size_per_gpu'], train['gt_size'], opt.get('scale', 1)
+    batch, gt_size, scale = args.batch or train['batch_size_per_gpu'], train['gt_size'], opt.get('scale', 1)
     channels = opt['network_g'].get('num_in_ch', 3)
     generator = torch.Generator().manual_seed(0)
     batches = [{'lq': torch.rand(batch, channels, gt_size // scale, gt_size // scale, generator=generator),
