@@ -1,0 +1,60 @@
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from .acla_edsr_arch import ACLAEDSR
+from .cla_modules import DEFAULT_MAX_ELEMENTS
+from .supernet import POSITION_LOGIT_INIT, PositionSearchMixin, check_candidates
+
+
+@ARCH_REGISTRY.register()
+class ACLASuperEDSR(PositionSearchMixin, ACLAEDSR):
+    """Insert-position supernet on EDSR: a gated candidate ACLA module after every residual block.
+
+    Our differentiable search for the positions the ACLA paper reports in Table 9 (its search is not
+    described; see :mod:`acla_basicsr.archs.supernet` and docs/search.md). Train it with
+    ``model_type: ACLASearchModel``; the search exports an ``ACLAEDSR`` with the positions whose gate
+    probability ends above 0.5. Parameter names are ACLAEDSR's (``conv_first``, ``body.N``, ...,
+    ``attention.M`` for the M-th candidate) plus ``arch_logits``.
+
+    Args:
+        num_in_ch (int): Channel number of inputs. Default: 3.
+        num_out_ch (int): Channel number of outputs. Default: 3.
+        num_feat (int): Channel number of intermediate features. Default: 256.
+        num_block (int): Block number in the trunk network; one candidate follows each. Default: 32.
+        upscale (int): Upsampling factor: 1 (restoration), 2, 3, 4 or 8. Default: 2.
+        res_scale (float): Used to scale the residual in residual block. Default: 0.1.
+        img_range (float): Image range. Default: 255.
+        rgb_mean (tuple[float] | None): See :class:`~acla_basicsr.archs.acla_edsr_arch.ACLAEDSR`.
+            Default: (0.4488, 0.4371, 0.4040).
+        candidates (list[int] | None): 1-indexed blocks followed by a candidate; None: every block. Default: None.
+        num_keys (int): Maximum keys K per key layer of the ACLA modules. Default: 16 (paper Table 8).
+        temperature (float): Temperature of ACLA's relaxed per-key gates (not of the position gates).
+            Default: 1.0.
+        straight_through (bool): Hard per-key ACLA gates in training too. Default: False.
+        position_logit_init (float): Initial architecture logit of every candidate. Default: 2.0
+            (P(open) = 0.88: the search starts from the full supernet).
+        max_elements (int): Memory budget of one attention step in tensor elements. Default: 2**27.
+    """
+
+    def __init__(self,
+                 num_in_ch=3,
+                 num_out_ch=3,
+                 num_feat=256,
+                 num_block=32,
+                 upscale=2,
+                 res_scale=0.1,
+                 img_range=255.,
+                 rgb_mean=(0.4488, 0.4371, 0.4040),
+                 candidates=None,
+                 num_keys=16,
+                 temperature=1.0,
+                 straight_through=False,
+                 position_logit_init=POSITION_LOGIT_INIT,
+                 max_elements=DEFAULT_MAX_ELEMENTS):
+        positions = check_candidates(candidates, num_block, 'num_block')
+        attention_kwargs = dict(num_keys=num_keys, temperature=temperature, straight_through=straight_through)
+        super().__init__(num_in_ch, num_out_ch, num_feat, num_block, upscale, res_scale, img_range, rgb_mean,
+                         'acla', positions, max_elements=max_elements, **attention_kwargs)
+        backbone_kwargs = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, num_block=num_block,
+                               upscale=upscale, res_scale=res_scale, img_range=img_range,
+                               rgb_mean=None if rgb_mean is None else [float(v) for v in rgb_mean])
+        self._build_search('ACLAEDSR', backbone_kwargs, attention_kwargs, position_logit_init)

@@ -1,0 +1,237 @@
+"""The insert-position supernet shared by ACLASuperEDSR and ACLASuperRCAN (unregistered helpers).
+
+The ACLA paper reports only the outcome of its insert-position search (Table 9); the design here is ours
+(docs/search.md):
+
+- A candidate ACLA module follows every residual block (EDSR) or residual group (RCAN), or every position
+  listed in ``candidates``. Candidate p has an architecture logit ``alpha_p`` (the ``arch_logits``
+  parameter, one entry per candidate) and a relaxed binary gate ``z_p``.
+- Training: ``z_p = sigmoid((alpha_p + log u - log(1 - u)) / tau)``, u ~ U(0, 1), drawn per sample and
+  candidate (Gumbel-sigmoid, i.e. the binary concrete relaxation of a Bernoulli(sigmoid(alpha_p)) gate);
+  ``tau`` is :attr:`position_temperature`, annealed by the search model. With
+  :attr:`position_straight_through` the forward pass uses the hard sample ``[z_p > 0.5]`` and the backward
+  pass the relaxed gradient.
+- Evaluation: deterministic hard gates ``[sigmoid(alpha_p) > 0.5]``; closed candidates are skipped, so the
+  supernet in eval mode computes what the final network with the open positions computes (up to the value
+  projections of closed key layers, which get zero weight).
+- Candidate p's query is the feature after its block; its key layers are the head feature (weight 1) and
+  the features at the earlier candidates q < p (before their attention), each weighted by ``z_q`` through
+  the module's ``layer_weights`` (the softmax over keys is renormalised over what the weights keep). Its
+  output is ``x + z_p * attention(x)``. A closed position (z = 0) is therefore neither a query nor a key.
+- Expected added MACs (:meth:`PositionSearchMixin.expected_attention_macs`): an ACLA module with L key layers
+  costs ``macs(L) = base + L * per_layer`` (linear in L, :meth:`CrossLayerAttention.macs`), and an open
+  candidate has 1 + (number of open earlier candidates) key layers. With independent gates,
+  ``E[MACs] = sum_p P_p * (base + per_layer * (1 + sum_{q<p} P_q))``, ``P_p = sigmoid(alpha_p)``: the pairwise
+  ``P_p * P_q`` terms are the quadratic cost of cross-layer keys. For hard probabilities (0/1) this is the
+  attention MACs of the final network, as torch's flop counter counts them (tested).
+"""
+import torch
+from torch import nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from basicsr.utils.registry import ARCH_REGISTRY
+
+from .cla_network import check_insert_positions
+
+# Initial architecture logit: sigmoid(2) = 0.88, every candidate starts open; the MAC penalty must earn
+# each closure against the reconstruction loss.
+POSITION_LOGIT_INIT = 2.0
+
+
+def counted_macs(build, height, width, num_in_ch=3):
+    """MACs of ``build()`` on one (num_in_ch, height, width) input, as torch's flop counter counts them / 2.
+
+    The network is built and run on the meta device (no weights, no arithmetic), the convention of
+    ``scripts/complexity.py`` (SPEC section 2).
+
+    Args:
+        build (callable): Returns the network (an nn.Module) when called under ``torch.device('meta')``.
+        height (int): Input height.
+        width (int): Input width.
+        num_in_ch (int): Input channels. Default: 3.
+
+    Returns:
+        float: MACs.
+    """
+    with torch.device('meta'):
+        net = build().eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            net(torch.empty(1, num_in_ch, height, width))
+    return counter.get_total_flops() / 2
+
+
+def check_candidates(candidates, num_positions, unit):
+    """The candidate positions (1-indexed) of a supernet; all ``1..num_positions`` when None.
+
+    Raises a one-line ValueError naming the YAML key when the backbone has no position or the list is wrong.
+    """
+    if isinstance(num_positions, bool) or not isinstance(num_positions, int) or num_positions < 1:
+        raise ValueError(f'{unit}: {num_positions!r} leaves the supernet no candidate position (an ACLA candidate '
+                         f'follows every {"residual block" if unit == "num_block" else "residual group"}); '
+                         f'use {unit} >= 1.')
+    if candidates is None:
+        return list(range(1, num_positions + 1))
+    try:
+        return check_insert_positions(candidates, num_positions, unit, 'acla')
+    except ValueError as error:
+        raise ValueError(str(error).replace('insert_positions', 'candidates', 1)) from None
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: the hard gates exactly; backward: the gradient of the relaxed ones."""
+
+    @staticmethod
+    def forward(ctx, soft, hard):
+        return hard
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+class PositionSelection(float):
+    """The open positions of a search, for a log line: its float value is their number (for tensorboard),
+    formatted (whatever the format spec, e.g. basicsr's ``{v:.4e}``) as the list itself, e.g. ``[3,12,26]``."""
+
+    def __new__(cls, positions):
+        obj = super().__new__(cls, len(positions))
+        obj.positions = list(positions)
+        return obj
+
+    def __format__(self, spec):
+        return '[' + ','.join(map(str, self.positions)) + ']'
+
+    def __reduce__(self):
+        return (PositionSelection, (self.positions, ))
+
+
+class PositionSearchMixin:
+    """Insert-position search on a CrossLayerAttentionMixin network whose ``insert_positions`` are the candidates.
+
+    Mixed in before :class:`~acla_basicsr.archs.acla_edsr_arch.ACLAEDSR` or
+    :class:`~acla_basicsr.archs.acla_rcan_arch.ACLARCAN` built with ``attention='acla'`` and every candidate
+    as an insert position (candidate m then has m key layers). See the module docstring for the gates and
+    the MAC model.
+    """
+
+    #: Marks a supernet for the search model.
+    is_position_supernet = True
+
+    def _build_search(self, final_arch_type, backbone_kwargs, attention_kwargs, position_logit_init):
+        self.final_arch_type = final_arch_type
+        self.backbone_kwargs = dict(backbone_kwargs)
+        self.attention_kwargs = dict(attention_kwargs)
+        self.arch_logits = nn.Parameter(torch.full((len(self.insert_positions), ), float(position_logit_init)))
+        self.position_temperature = 1.0
+        self.position_straight_through = False
+        self._backbone_macs = {}
+
+    @property
+    def position_temperature(self):
+        """Temperature tau of the relaxed position gates (set by the search model's schedule)."""
+        return self._position_temperature
+
+    @position_temperature.setter
+    def position_temperature(self, value):
+        if not float(value) > 0:
+            raise ValueError(f'position temperature: {value!r} must be > 0.')
+        self._position_temperature = float(value)
+
+    # ------------------------------------------------------------------ gates
+    def gate_probabilities(self):
+        """P(candidate open) = sigmoid(alpha), (num_candidates,), detached."""
+        return torch.sigmoid(self.arch_logits.detach())
+
+    def selected_positions(self):
+        """Candidates whose gate probability is above 0.5 (the positions of the final network)."""
+        return [p for p, open_ in zip(self.insert_positions, (self.arch_logits.detach() > 0).tolist()) if open_]
+
+    def position_gates(self, batch):
+        """Gates of the candidates: (batch, P) relaxed samples in training, (P,) hard 0/1 gates in eval."""
+        logits = self.arch_logits
+        if not self.training:
+            return (logits.detach() > 0).to(logits.dtype)
+        u = torch.rand(batch, logits.numel(), device=logits.device, dtype=logits.dtype).clamp_(1e-6, 1 - 1e-6)
+        noisy = logits + torch.log(u) - torch.log1p(-u)
+        soft = torch.sigmoid(noisy / self.position_temperature)
+        if self.position_straight_through:
+            return _StraightThrough.apply(soft, (noisy > 0).to(soft))
+        return soft
+
+    def forward_body(self, feat):
+        """``self.body`` with a gated candidate ACLA module after each candidate position."""
+        gates = self.position_gates(feat.shape[0])
+        hard = not self.training
+        is_open = (gates > 0).tolist() if hard else None
+        # key-layer weights: 1 for the head feature, z_q for the feature at candidate q
+        layer_weights = torch.cat((gates.new_ones(gates.shape[:-1] + (1, )), gates), -1)
+        key_layers, start = [feat], 0
+        for index, (position, module) in enumerate(zip(self.insert_positions, self.attention)):
+            feat = self.body[start:position](feat)
+            start = position
+            key_layers.append(feat)
+            if hard:
+                if is_open[index]:
+                    feat = module(feat, key_layers[:-1], layer_weights[:index + 1])
+                continue
+            out = module(feat, key_layers[:-1], layer_weights[:, :index + 1])
+            feat = feat + gates[:, index].view(-1, 1, 1, 1) * (out - feat)
+        return self.body[start:](feat)
+
+    # ------------------------------------------------------------------ MAC model
+    def attention_macs_terms(self, height, width):
+        """(base, per_layer): an ACLA module with L key layers costs ``base + L * per_layer`` MACs at (h, w)."""
+        module = self.attention[0]
+        cls = type(module)
+        base = cls.macs(module.num_feat, 0, self.num_keys, height, width)
+        return base, cls.macs(module.num_feat, 1, self.num_keys, height, width) - base
+
+    def expected_attention_macs(self, height, width, probs=None):
+        """Expected MACs added by the candidates, differentiable in ``arch_logits``.
+
+        ``E = sum_p P_p * (base + per_layer * (1 + sum_{q<p} P_q))`` (module docstring), in float64.
+
+        Args:
+            height (int): Feature (= LR input) height.
+            width (int): Feature width.
+            probs (Tensor | list | None): Gate probabilities per candidate; None: sigmoid(arch_logits).
+                Default: None.
+
+        Returns:
+            Tensor: scalar, MACs.
+        """
+        if probs is None:
+            probs = torch.sigmoid(self.arch_logits)
+        probs = torch.as_tensor(probs).to(torch.float64)
+        base, per_layer = self.attention_macs_terms(height, width)
+        earlier = torch.cumsum(probs, 0) - probs
+        return (probs * (base + per_layer * (1 + earlier))).sum()
+
+    def backbone_macs(self, height, width):
+        """MACs of the backbone alone (the final network without attention) at a (height, width) input.
+
+        Counted with torch's flop counter on the meta device and cached.
+        """
+        if (height, width) not in self._backbone_macs:
+            cls = ARCH_REGISTRY.get(self.final_arch_type)
+            self._backbone_macs[(height, width)] = counted_macs(
+                lambda: cls(**self.backbone_kwargs, attention='none', insert_positions=[]), height, width,
+                self.backbone_kwargs['num_in_ch'])
+        return self._backbone_macs[(height, width)]
+
+    # ------------------------------------------------------------------ export and logs
+    def final_network_opt(self, positions):
+        """The ``network_g`` options of the final network with ACLA at ``positions`` (none: the plain backbone)."""
+        opt = {'type': self.final_arch_type, **self.backbone_kwargs}
+        if positions:
+            opt.update(attention='acla', insert_positions=list(positions), **self.attention_kwargs)
+        else:
+            opt.update(attention='none', insert_positions=[])
+        return opt
+
+    def training_stats(self):
+        """Logged by RestorationModel: the mean number of open keys over every candidate and key layer."""
+        active = [module.last_active_keys for module in self.attention if module.last_active_keys is not None]
+        if not active:
+            return {}
+        return {'keys_open': torch.cat(active).mean().item()}

@@ -1,0 +1,373 @@
+"""Insert-position search: supernet gates, MAC model vs the flop counter, search model, export, resume, DDP."""
+import glob
+import itertools
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, run_entry, smooth_image, tiny_sr_options, write_options
+from test_distributed import free_port
+from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
+from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
+from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
+from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
+from acla_basicsr.archs.supernet import PositionSelection, counted_macs
+from acla_basicsr.models.search_utils import CONFIG_FILE, POSITIONS_FILE, search_temperature
+from acla_basicsr.utils import OptionError, check_options
+from basicsr.models import build_model
+from basicsr.utils.matlab_functions import imresize
+from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
+
+TINY_EDSR = {'type': 'ACLASuperEDSR', 'num_feat': 8, 'num_block': 3, 'upscale': 2, 'res_scale': 1, 'num_keys': 4}
+
+
+# ---------------------------------------------------------------------- supernet
+@pytest.mark.parametrize('cls, final, kwargs', [
+    (ACLASuperEDSR, ACLAEDSR, dict(num_feat=8, num_block=5, num_keys=4, upscale=2)),
+    (ACLASuperRCAN, ACLARCAN, dict(num_feat=16, num_group=4, num_block=1, squeeze_factor=4, num_keys=2, upscale=3)),
+])
+def test_expected_macs_equal_counted_macs_for_hard_gates(cls, final, kwargs):
+    net = cls(**kwargs)
+    size = (12, 10)
+    backbone = counted_macs(lambda: final(**kwargs, attention='none', insert_positions=[]), *size)
+    assert net.backbone_macs(*size) == backbone
+    candidates = net.insert_positions
+    subsets = [[], [candidates[0]], [candidates[-1]], candidates, candidates[1::2], [candidates[0], candidates[-1]]]
+    for positions in subsets:
+        expected = net.expected_attention_macs(*size, [float(p in positions) for p in candidates]).item()
+        opt = net.final_network_opt(positions)
+        assert ARCH_REGISTRY.get(opt.pop('type')) is final
+        counted = counted_macs(lambda: final(**opt), *size) - backbone
+        assert expected == pytest.approx(counted, rel=1e-9, abs=0.5), positions
+
+
+def test_expected_macs_is_the_expectation_over_independent_gates():
+    """The analytic E[MACs] (with its pairwise P_p * P_q terms) equals the sum over all 2^P gate patterns."""
+    net = ACLASuperEDSR(num_feat=8, num_block=4, num_keys=4)
+    probs = torch.tensor([0.9, 0.2, 0.6, 0.35], dtype=torch.float64)
+    total = 0.0
+    for pattern in itertools.product([0.0, 1.0], repeat=4):
+        z = torch.tensor(pattern, dtype=torch.float64)
+        weight = torch.prod(torch.where(z > 0, probs, 1 - probs))
+        total += weight * net.expected_attention_macs(16, 16, z)
+    assert net.expected_attention_macs(16, 16, probs).item() == pytest.approx(total.item(), rel=1e-12)
+    # differentiable in the logits, and a larger probability costs more
+    net.expected_attention_macs(16, 16).backward()
+    assert (net.arch_logits.grad > 0).all()
+
+
+def test_closed_position_is_neither_query_nor_key():
+    torch.manual_seed(0)
+    net = ACLASuperEDSR(num_feat=8, num_block=3, num_keys=4).eval()
+    for module in net.attention:  # non-identity modules
+        torch.nn.init.normal_(module.proj.weight, std=0.1)
+    x = torch.rand(1, 3, 12, 12)
+    with torch.no_grad():
+        net.arch_logits.copy_(torch.tensor([1.0, -1.0, 1.0]))
+        before = net(x)
+        # position 2 is closed: neither its own module nor its key layer in module 3 matters
+        torch.nn.init.normal_(net.attention[1].proj.weight)
+        torch.nn.init.normal_(net.attention[2].value[2].weight)
+        torch.testing.assert_close(net(x), before, rtol=0, atol=0)
+        net.arch_logits.copy_(torch.tensor([1.0, 1.0, 1.0]))  # open it: the output changes
+        assert not torch.allclose(net(x), before)
+        net.arch_logits.fill_(-1.0)  # all closed: the plain backbone
+        plain = ACLAEDSR(num_feat=8, num_block=3, attention='none', insert_positions=[])
+        plain.load_state_dict(net.state_dict(), strict=False)
+        torch.testing.assert_close(net(x), plain.eval()(x))
+
+
+def test_relaxed_and_straight_through_gates_are_differentiable():
+    torch.manual_seed(0)
+    net = ACLASuperEDSR(num_feat=8, num_block=3, num_keys=4).train()
+    for module in net.attention:
+        torch.nn.init.normal_(module.proj.weight, std=0.1)
+    net.position_temperature = 0.5
+    gates = net.position_gates(5)
+    assert gates.shape == (5, 3) and ((gates > 0) & (gates < 1)).all()
+    net(torch.rand(2, 3, 12, 12)).abs().mean().backward()
+    assert net.arch_logits.grad.abs().min() > 0
+    net.position_straight_through = True
+    net.zero_grad()
+    gates = net.position_gates(5)
+    assert set(gates.detach().unique().tolist()) <= {0.0, 1.0}
+    net(torch.rand(2, 3, 12, 12)).abs().mean().backward()
+    assert net.arch_logits.grad.abs().max() > 0
+    with pytest.raises(ValueError, match='temperature'):
+        net.position_temperature = 0
+
+
+def test_position_selection_formats_as_a_list():
+    sel = PositionSelection([3, 12, 26])
+    assert f'sel: {sel:.4e}' == 'sel: [3,12,26]' and float(sel) == 3
+
+
+# ---------------------------------------------------------------------- search model, in process
+def toy_data(num=6, size=48, scale=2):
+    rng = np.random.default_rng(0)
+    hr = [smooth_image(rng, size).astype(np.float32) / 255 for _ in range(num)]
+    lr = [imresize(h, 1 / scale) for h in hr]
+    return tuple(torch.from_numpy(np.stack(v)).permute(0, 3, 1, 2).contiguous() for v in (lr, hr))
+
+
+def toy_batches(data, iterations, batch=4, patch=16, scale=2, seed=0):
+    lr, hr = data
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(iterations):
+        idx = torch.randint(len(lr), (batch, ), generator=g)
+        y, x = (torch.randint(n - patch + 1, (1, ), generator=g).item() for n in lr.shape[-2:])
+        yield {'lq': lr[idx, :, y:y + patch, x:x + patch],
+               'gt': hr[idx, :, y * scale:(y + patch) * scale, x * scale:(x + patch) * scale]}
+
+
+def search_options(root, lam, total_iter, network=None, **search):
+    """Options as basicsr's parse_options returns them, for building ACLASearchModel in process."""
+    root = str(root)
+    return {
+        'name': 'toy_search', 'model_type': 'ACLASearchModel', 'scale': 2, 'num_gpu': 0, 'manual_seed': 0,
+        'is_train': True, 'dist': False, 'rank': 0, 'world_size': 1, 'root_path': root,
+        'datasets': {'train': {'name': 'toy', 'type': 'PairedImageDataset', 'gt_size': 32, 'batch_size_per_gpu': 4}},
+        'network_g': dict(network or TINY_EDSR, position_logit_init=1.0),
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None, 'experiments_root': root,
+                 'models': osp.join(root, 'models'), 'training_states': osp.join(root, 'training_states'),
+                 'log': root},
+        'train': {'ema_decay': 0, 'optim_g': {'type': 'Adam', 'lr': 2e-3, 'betas': [0.9, 0.99]},
+                  'scheduler': {'type': 'MultiStepLR', 'milestones': [1000], 'gamma': 0.5},
+                  'total_iter': total_iter, 'warmup_iter': -1,
+                  'pixel_opt': {'type': 'L1Loss', 'loss_weight': 1.0, 'reduction': 'mean'},
+                  'optim_arch': {'type': 'Adam', 'lr': 0.05}, 'search': dict({'lambda': lam}, **search)},
+        'logger': {'print_freq': 10, 'save_checkpoint_freq': 1000, 'use_tb_logger': False},
+    }
+
+
+def run_search(opt, data, start=1, stop=None, seed=0, model=None):
+    model = model or build_model(opt)
+    stop = stop or opt['train']['total_iter']
+    batches = list(toy_batches(data, stop, seed=seed))
+    for it in range(start, stop + 1):
+        torch.manual_seed(1000 * seed + it)  # the gate noise of iteration it, whatever ran before
+        model.feed_data(batches[it - 1])
+        model.optimize_parameters(it)
+    return model
+
+
+@pytest.fixture(scope='module')
+def data():
+    return toy_data()
+
+
+def exported(root):
+    with open(osp.join(root, POSITIONS_FILE)) as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The in-process searches run with one thread: faster than two on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize('lam, mode, iters', [(0.0, 'joint', 150), (1000.0, 'joint', 50), (1000.0, 'alternate', 50)])
+def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path, data, lam, mode, iters):
+    """150 iterations of SR on smooth images: once the modules are trained (50 warm-up iterations) the
+    reconstruction gradient opens every gate further (P rises from 0.73); a huge MAC weight closes them all."""
+    opt = search_options(tmp_path, lam, iters, arch_start_iter=50 if lam == 0 else 0, mode=mode)
+    opt['train']['optim_arch']['lr'] = 0.05 if lam == 0 else 0.1
+    model = run_search(opt, data)
+    model.record_search(iters)
+    result = exported(tmp_path)
+    probs = list(result['probabilities'].values())
+    if lam == 0:
+        assert result['positions'] == [1, 2, 3]
+        assert min(probs) > 0.8  # rose from sigmoid(1.0) = 0.73: the search found them useful
+    else:
+        assert result['positions'] == [] and max(probs) < 0.1
+        config = yaml.safe_load(open(tmp_path / CONFIG_FILE))
+        assert config['network_g']['attention'] == 'none' and config['network_g']['insert_positions'] == []
+    if mode == 'alternate':
+        assert 'l_pix_arch' in model.log_dict
+    assert model.log_dict['temp'] == pytest.approx(0.1)
+    assert osp.isfile(tmp_path / 'gate_heatmap.png') and osp.isfile(tmp_path / 'gate_history.csv')
+
+
+def test_resume_continues_temperature_logits_and_their_optimizer(tmp_path, data):
+    opt = search_options(tmp_path, 0.5, 8, temperature_start=2.0, temperature_end=0.5)
+    for folder in ('models', 'training_states'):
+        os.makedirs(tmp_path / folder)
+    straight = run_search(opt, data, 1, 8)  # the uninterrupted search
+    model = run_search(search_options(tmp_path, 0.5, 8, temperature_start=2.0, temperature_end=0.5), data, 1, 4)
+    model.save(0, 4)
+    logits4 = model.get_bare_model(model.net_g).arch_logits.detach().clone()
+
+    resumed_opt = search_options(tmp_path, 0.5, 8, temperature_start=2.0, temperature_end=0.5)
+    resumed_opt['path']['pretrain_network_g'] = str(tmp_path / 'models' / 'net_g_4.pth')
+    resumed = build_model(resumed_opt)
+    state = torch.load(tmp_path / 'training_states' / '4.state', map_location='cpu', weights_only=False)
+    resumed.resume_training(state)
+    net = resumed.get_bare_model(resumed.net_g)
+    torch.testing.assert_close(net.arch_logits.detach(), logits4, rtol=0, atol=0)
+    assert resumed.optimizer_arch.state_dict()['state'][0]['step'] == 4
+    run_search(resumed_opt, data, 5, 8, model=resumed)
+    assert net.position_temperature == pytest.approx(search_temperature(resumed.search, 8))
+    assert net.position_temperature == pytest.approx(0.5)
+    # the same as without interruption (up to float noise that Adam amplifies while gradients are ~0: a
+    # restart with fresh optimizer state or temperature would be off by whole steps of lr = 0.05)
+    torch.testing.assert_close(net.arch_logits.detach(), straight.get_bare_model(straight.net_g).arch_logits.detach(),
+                               rtol=0, atol=2e-3)
+    assert (net.arch_logits.detach() - logits4).abs().min() > 0.05
+
+
+def test_bad_search_options_fail_with_one_clear_line(tmp_path):
+    with pytest.raises(OptionError, match=r'^train\.search\.lambda: -0\.1 is negative; use a weight >= 0'):
+        build_model(search_options(tmp_path, -0.1, 4))
+    with pytest.raises(OptionError, match=r'^train\.search\.lambda: missing'):
+        opt = search_options(tmp_path, 0, 4)
+        del opt['train']['search']['lambda']
+        build_model(opt)
+    with pytest.raises(OptionError, match=r'^train\.search\.tempreature_end: unknown option'):
+        build_model(search_options(tmp_path, 0, 4, tempreature_end=0.1))
+    with pytest.raises(OptionError, match=r'^network_g\.type: EDSR is not a position supernet'):
+        opt = search_options(tmp_path, 0, 4)
+        opt['network_g'] = {'type': 'EDSR', 'num_feat': 8, 'num_block': 1, 'upscale': 2}
+        build_model(opt)
+    # no candidate position: the entry point's option check builds the network and names the key
+    for network, key in (({'type': 'ACLASuperEDSR', 'num_block': 0}, 'num_block'),
+                         ({'type': 'ACLASuperRCAN', 'num_group': 0}, 'num_group')):
+        opt = search_options(tmp_path, 0.1, 4, network=network)
+        opt['datasets'] = {}
+        with pytest.raises(OptionError, match=rf'^network_g: {key}: 0 leaves the supernet no candidate position'):
+            check_options(opt)
+
+
+# ---------------------------------------------------------------------- through basicsr's pipeline
+def tiny_search_options(name, hr_dir, lr_dir, total_iter, lam=0.2):
+    opt = tiny_sr_options(name, hr_dir, lr_dir, total_iter=total_iter)
+    opt['model_type'] = 'ACLASearchModel'
+    opt['network_g'] = dict(TINY_EDSR)
+    opt['train']['optim_arch'] = {'type': 'Adam', 'lr': 0.05, 'betas': [0.5, 0.999], 'weight_decay': 0}
+    opt['train']['search'] = {'lambda': lam, 'temperature_start': 1.0, 'temperature_end': 0.2}
+    opt['val']['val_freq'] = 2
+    return opt
+
+
+def test_pipeline_search_exports_a_config_that_trains(tmp_path, sr_folders, experiment_name):
+    hr_dir, lr_dir = sr_folders
+    opt = tiny_search_options(experiment_name, hr_dir, lr_dir, total_iter=4)
+    result = run_entry('train', write_options(opt, tmp_path / 'search.yml'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    exp = osp.join(ROOT, 'experiments', experiment_name)
+    log = open(glob.glob(osp.join(exp, 'train_*.log'))[0]).read()
+    assert 'Search at iter 2: positions [1, 2, 3]' in log and 'sel: [1,2,3]' in log and 'macs_ratio:' in log
+    history = open(osp.join(exp, 'gate_history.csv')).read().split()
+    assert history[0] == 'iter,p1,p2,p3' and [v.split(',')[0] for v in history[1:]] == ['2', '4']
+    assert osp.getsize(osp.join(exp, 'gate_heatmap.png')) > 0
+    result_yml = exported(exp)
+    assert result_yml['iteration'] == 4 and result_yml['network'] == 'ACLAEDSR'
+
+    # the CLI derives the same from the checkpoint
+    out = tmp_path / 'cli'
+    cli = subprocess.run([sys.executable, osp.join(ROOT, 'scripts', 'export_search.py'), '-opt',
+                          str(tmp_path / 'search.yml'), '--checkpoint', osp.join(exp, 'models', 'net_g_4.pth'),
+                          '--out', str(out)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    from_cli = exported(out)
+    for key in ('positions', 'probabilities', 'logits', 'temperature', 'macs', 'iteration'):
+        assert from_cli[key] == result_yml[key], key
+    with open(out / CONFIG_FILE) as f, open(osp.join(exp, CONFIG_FILE)) as g:
+        assert yaml.safe_load(f) == yaml.safe_load(g)
+
+    # the exported config: RestorationModel, the final network, no search options; it trains
+    config = yaml.safe_load(open(osp.join(exp, CONFIG_FILE)))
+    assert config['model_type'] == 'RestorationModel' and config['name'] == f'{experiment_name}_searched'
+    assert config['network_g']['type'] == 'ACLAEDSR'
+    assert config['network_g']['insert_positions'] == result_yml['positions']
+    assert 'search' not in config['train'] and 'optim_arch' not in config['train']
+    final_name = config['name']
+    try:
+        config['train']['total_iter'] = 2
+        result = run_entry('train', write_options(config, tmp_path / 'final.yml'))
+        assert result.returncode == 0, result.stderr[-3000:]
+        final_log = open(glob.glob(osp.join(ROOT, 'experiments', final_name, 'train_*.log'))[0]).read()
+        assert 'Validation tiny_val' in final_log
+        weights = torch.load(osp.join(ROOT, 'experiments', final_name, 'models', 'net_g_2.pth'))['params']
+        assert any(k.startswith('attention.') for k in weights)
+    finally:
+        import shutil
+        for folder in ('experiments', 'tb_logger'):
+            shutil.rmtree(osp.join(ROOT, folder, final_name), ignore_errors=True)
+
+
+def test_two_process_gloo_search_keeps_logits_identical(tmp_path, sr_folders, experiment_name):
+    hr_dir, lr_dir = sr_folders
+    opt = tiny_search_options(experiment_name, hr_dir, lr_dir, total_iter=4, lam=1.0)
+    opt['train']['optim_arch']['lr'] = 0.2
+    opt['datasets']['train']['batch_size_per_gpu'] = 2
+    opt['datasets']['train']['dataset_enlarge_ratio'] = 2  # 3 full batches per rank and epoch
+    opt['logger']['save_checkpoint_freq'] = 100
+    opt_path = write_options(opt, tmp_path / 'dist.yml')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
+           osp.join(ROOT, 'tests', 'helpers', 'dist_train_worker.py'), str(tmp_path), '-opt', opt_path,
+           '--launcher', 'pytorch']
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pth') for r in (0, 1))
+    torch.testing.assert_close(rank0['arch_logits'], rank1['arch_logits'], rtol=0, atol=0)
+    assert (rank0['arch_logits'] < 2.0).all()  # they moved (lambda = 1 pushes them down from the initial 2)
+    for key in rank0:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
+    # only rank 0 wrote the export, once per validation
+    exp = osp.join(ROOT, 'experiments', experiment_name)
+    assert exported(exp)['iteration'] == 4
+    assert not glob.glob(osp.join(exp, '.*.tmp'))
+
+
+# ---------------------------------------------------------------------- shipped configs
+SEARCH_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'options', 'search', '*.yml')))
+TABLE9_LAMBDA = {'search_ACLA_EDSR_SRx2': 0.15, 'search_ACLA_RCAN_SRx2': 0.3, 'search_ACLA_EDSR_DN_sigma30': 0.2,
+                 'search_ACLA_EDSR_DM': 0.2, 'search_ACLA_EDSR_CAR_q20': 0.2}
+
+
+def test_every_table9_config_is_shipped():
+    names = {osp.splitext(osp.basename(v))[0] for v in SEARCH_CONFIGS}
+    assert set(TABLE9_LAMBDA) | {'demo_search_SRx2'} <= names
+
+
+@pytest.mark.parametrize('path', SEARCH_CONFIGS, ids=[osp.basename(v) for v in SEARCH_CONFIGS])
+def test_search_config_builds_its_supernet(path):
+    from basicsr.utils.options import ordered_yaml
+    from acla_basicsr.models.acla_search_model import ACLASearchModel
+    with open(path) as f:
+        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    for dataset in opt['datasets'].values():
+        if dataset['type'] not in DATASET_REGISTRY:
+            pytest.skip(f"{dataset['type']} is not registered in this checkout (being written in another branch)")
+    name = osp.splitext(osp.basename(path))[0]
+    assert opt['name'] == name and opt['model_type'] == 'ACLASearchModel'
+    search = ACLASearchModel.check_options(opt)
+    if name in TABLE9_LAMBDA:
+        assert search['lambda'] == TABLE9_LAMBDA[name]
+    network = dict(opt['network_g'])
+    cls = ARCH_REGISTRY.get(network.pop('type'))
+    with torch.device('meta'):  # full-size supernets: build without allocating weights
+        net = cls(**network)
+    assert net.final_network_opt(net.insert_positions)['type'] in ('ACLAEDSR', 'ACLARCAN')
+    if name.startswith('demo'):
+        if not osp.isdir(osp.join(ROOT, 'datasets', 'example')):
+            pytest.skip('example data absent: run scripts/prepare_example_data.py')
+        from acla_basicsr.utils.launch import resolve_relative_paths
+        opt['is_train'] = True
+        for phase, dataset in opt['datasets'].items():
+            dataset['phase'] = phase
+        resolve_relative_paths(opt, ROOT)
+        check_options(opt)
