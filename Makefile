@@ -10,7 +10,7 @@ data: install
 	$(PYTHON) scripts/prepare_example_data.py
 
 demo: data
-	$(PYTHON) acla_basicsr/train.py -opt options/train/demo_EDSR_SRx2.yml
+	$(PYTHON) acla_basicsr/train.py -opt options/train/demo_ACLA_SRx2.yml
 
 test: install
 	$(PYTHON) -m pytest tests -q

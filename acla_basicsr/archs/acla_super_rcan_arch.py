@@ -1,7 +1,7 @@
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from .acla_rcan_arch import ACLARCAN
-from .cla_modules import DEFAULT_MAX_ELEMENTS
+from .cla_modules import DEFAULT_MAX_MEMORY_MB
 from .supernet import POSITION_LOGIT_INIT, PositionSearchMixin, check_candidates
 
 
@@ -29,7 +29,7 @@ class ACLASuperRCAN(PositionSearchMixin, ACLARCAN):
         temperature (float): Temperature of ACLA's relaxed per-key gates. Default: 1.0.
         straight_through (bool): Hard per-key ACLA gates in training too. Default: False.
         position_logit_init (float): Initial architecture logit of every candidate. Default: 2.0.
-        max_elements (int): Memory budget of one attention step in tensor elements. Default: 2**27.
+        max_memory_mb (float): Memory budget of the key sampling in MiB (see CrossLayerAttention). Default: 1024.
     """
 
     def __init__(self,
@@ -48,11 +48,11 @@ class ACLASuperRCAN(PositionSearchMixin, ACLARCAN):
                  temperature=1.0,
                  straight_through=False,
                  position_logit_init=POSITION_LOGIT_INIT,
-                 max_elements=DEFAULT_MAX_ELEMENTS):
+                 max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         positions = check_candidates(candidates, num_group, 'num_group')
         attention_kwargs = dict(num_keys=num_keys, temperature=temperature, straight_through=straight_through)
         super().__init__(num_in_ch, num_out_ch, num_feat, num_group, num_block, squeeze_factor, upscale, res_scale,
-                         img_range, rgb_mean, 'acla', positions, max_elements=max_elements, **attention_kwargs)
+                         img_range, rgb_mean, 'acla', positions, max_memory_mb=max_memory_mb, **attention_kwargs)
         backbone_kwargs = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, num_group=num_group,
                                num_block=num_block, squeeze_factor=squeeze_factor, upscale=upscale,
                                res_scale=res_scale, img_range=img_range,

@@ -55,9 +55,12 @@ class ACLASearchModel(RestorationModel):
         self.last_iter = 0
         super().__init__(opt)
 
-    @staticmethod
-    def check_options(opt):
+    @classmethod
+    def check_options(cls, opt):
         """Check the search options and the network of a search config (one-line OptionError); return them."""
+        super().check_options(opt)
+        if not opt.get('is_train'):
+            return None
         search = check_search_options(opt)
         net_type = (opt.get('network_g') or {}).get('type')
         if net_type in ARCH_REGISTRY and not getattr(ARCH_REGISTRY.get(net_type), 'is_position_supernet', False):
@@ -141,14 +144,6 @@ class ACLASearchModel(RestorationModel):
                            sel=PositionSelection(net.selected_positions()))
 
     # ------------------------------------------------------------------ evaluation, observability, export
-    def test(self):
-        """Evaluate the bare supernet with hard gates (DDP-wrapped, rank 0 alone would sync its buffers)."""
-        net = self.get_bare_model(self.net_g)
-        net.eval()
-        with torch.no_grad():
-            self.output = net(self.lq)
-        net.train()
-
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):
         super().validation(dataloader, current_iter, tb_logger, save_img)
         # basicsr's final validation passes total_iter + 1; record the iteration the logits come from

@@ -106,6 +106,17 @@ class RestorationModel(SRModel):
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
+    def test(self):
+        """SRModel's test on the bare network: validation runs on rank 0 alone, and a DDP forward may
+        broadcast buffers (the mean shift of ACLAEDSR, ENLCA's random matrix), a collective that the
+        other ranks never join."""
+        wrapped = self.net_g
+        self.net_g = self.get_bare_model(wrapped)
+        try:
+            super().test()
+        finally:
+            self.net_g = wrapped
+
     # ------------------------------------------------------------------ validation baseline
     def reference_name(self):
         """The name of the validation baseline from ``val.reference`` (see the class docstring)."""

@@ -123,9 +123,6 @@ def check_options(opt):
         OptionError: naming the first wrong option and how to fix it.
     """
     _require_registered(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
-    model_cls = MODEL_REGISTRY.get(opt['model_type'])
-    if hasattr(model_cls, 'check_options'):
-        model_cls.check_options(opt)
     scale = opt.get('scale', 1)
     if not isinstance(scale, int) or scale < 1:
         raise OptionError(f'scale: {scale!r} is not a positive integer; use 1 (restoration), 2, 3 or 4.')
@@ -139,6 +136,9 @@ def check_options(opt):
             cls(**arch)
         except (TypeError, ValueError) as error:
             raise OptionError(f'{key}: {error}') from None
+    model_cls = MODEL_REGISTRY.get(opt['model_type'])
+    if hasattr(model_cls, 'check_options'):
+        model_cls.check_options(opt)
     if opt.get('is_train'):
         for key, value in opt.get('train', {}).items():
             if key.endswith('_opt') and isinstance(value, dict) and 'type' in value:
