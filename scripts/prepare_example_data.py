@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -45,30 +44,14 @@ def mod_crop(img, mod=MOD):
     return img[:h - h % mod, :w - w % mod]
 
 
-def bicubic_down(img, scale):
-    """MATLAB-bicubic downsampling (with antialiasing) of a uint8 image, as in basicsr's scripts."""
-    from basicsr.utils.matlab_functions import imresize
-    out = imresize(img.astype(np.float32) / 255., 1 / scale)
-    return np.clip(np.round(out * 255.), 0, 255).astype(np.uint8)
-
-
 def sub_images(img, crop=CROP, step=STEP):
-    """Overlapping crops as in basicsr's ``extract_subimages`` (last row/column flush with the edge)."""
-    h, w = img.shape[:2]
-    ys = list(range(0, h - crop + 1, step))
-    xs = list(range(0, w - crop + 1, step))
-    ys += [h - crop] if ys[-1] != h - crop else []
-    xs += [w - crop] if xs[-1] != w - crop else []
-    return [(y, x, img[y:y + crop, x:x + crop]) for y in ys for x in xs]
-
-
-def write_png(path, img):
-    os.makedirs(osp.dirname(path), exist_ok=True)
-    if not cv2.imwrite(path, img):
-        raise OSError(f'cannot write {path}')
+    """Overlapping crops as basicsr's ``extract_subimages`` makes them (last row/column flush with the edge)."""
+    from acla_basicsr.data.prepare_util import subimage_positions
+    return [(y, x, img[y:y + crop, x:x + crop]) for y, x in subimage_positions(*img.shape[:2], crop, step, 0)]
 
 
 def build(tmp_root):
+    from acla_basicsr.data.prepare_util import bicubic_downscale, write_image
     from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
     staging = osp.join(tmp_root, 'staging')
@@ -78,9 +61,9 @@ def build(tmp_root):
         for index, (_, _, crop) in enumerate(sub_images(hr), start=1):
             key = f'{name}_s{index:03d}'
             keys.append(key)
-            write_png(osp.join(staging, 'HR', f'{key}.png'), crop)
+            write_image(osp.join(staging, 'HR', f'{key}.png'), crop)
             for scale in SCALES:
-                write_png(osp.join(staging, f'X{scale}', f'{key}.png'), bicubic_down(crop, scale))
+                write_image(osp.join(staging, f'X{scale}', f'{key}.png'), bicubic_downscale(crop, scale))
     os.makedirs(osp.join(tmp_root, 'train'), exist_ok=True)
     for folder, lmdb_name in [('HR', 'HR_sub.lmdb')] + [(f'X{s}', f'LR_bicubic_X{s}_sub.lmdb') for s in SCALES]:
         make_lmdb_from_imgs(
@@ -89,35 +72,24 @@ def build(tmp_root):
     shutil.rmtree(staging)
     for name in tqdm(VAL_IMAGES, desc='validation images', unit='image'):
         hr = mod_crop(load_image(name))
-        write_png(osp.join(tmp_root, 'val', 'HR', f'{name}.png'), hr)
+        write_image(osp.join(tmp_root, 'val', 'HR', f'{name}.png'), hr)
         for scale in SCALES:
-            write_png(osp.join(tmp_root, 'val', 'LR_bicubic', f'X{scale}', f'{name}.png'), bicubic_down(hr, scale))
+            write_image(osp.join(tmp_root, 'val', 'LR_bicubic', f'X{scale}', f'{name}.png'), bicubic_downscale(hr, scale))
     return keys
 
 
 def verify(root):
-    """Open every key of every LMDB and check that LR and HR keys and sizes agree."""
-    import lmdb
-    from basicsr.utils import imfrombytes
-
-    def read_keys(path):
-        with open(osp.join(path, 'meta_info.txt')) as f:
-            return [line.split()[0][:-4] for line in f if line.strip()]
+    """Open every key of every LMDB (basicsr's meta_info shapes) and check that LR and HR keys agree."""
+    from acla_basicsr.data.prepare_util import verify_lmdb
 
     hr_path = osp.join(root, 'train', 'HR_sub.lmdb')
-    keys = read_keys(hr_path)
+    keys = None
     for name, size in [('HR_sub.lmdb', CROP)] + [(f'LR_bicubic_X{s}_sub.lmdb', CROP // s) for s in SCALES]:
         path = osp.join(root, 'train', name)
-        if read_keys(path) != keys:
-            raise RuntimeError(f'{path}: keys differ from {hr_path}; rebuild with --force.')
-        env = lmdb.open(path, readonly=True, lock=False, readahead=False)
-        with env.begin(write=False) as txn:
-            for key in keys:
-                buf = txn.get(key.encode('ascii'))
-                img = None if buf is None else imfrombytes(buf, float32=False)
-                if img is None or img.shape != (size, size, 3):
-                    raise RuntimeError(f'{path}: key {key} is missing or not {size}x{size}x3; rebuild with --force.')
-        env.close()
+        entries = verify_lmdb(path)
+        keys = keys or [k for k, _ in entries]
+        if [k for k, _ in entries] != keys or any(shape != (size, size, 3) for _, shape in entries):
+            raise RuntimeError(f'{path}: keys or sizes differ from {hr_path}; rebuild with --force.')
     return len(keys)
 
 

@@ -7,8 +7,8 @@ plain EDSR/RCAN weights load into the backbone with ``strict=False`` (only ``att
 import torch
 from torch import nn as nn
 
-from .cla_modules import (DEFAULT_MAX_MEMORY_MB, AdaptiveCrossLayerAttention, CrossLayerAttention,
-                          CrossLayerNonLocalAttention, NonLocalAttention)
+from .cla_modules import (AdaptiveCrossLayerAttention, CrossLayerAttention, CrossLayerNonLocalAttention,
+                          NonLocalAttention)
 
 ATTENTION_CHOICES = ('none', 'cla', 'acla', 'nl', 'clnl')
 # the paper's number of keys per key layer: CLA K = 8 (Table 7), ACLA maximum K = 16 (Table 8)

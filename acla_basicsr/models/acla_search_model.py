@@ -3,8 +3,6 @@ import math
 import os.path as osp
 from collections import OrderedDict
 
-import torch
-
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 

@@ -10,13 +10,11 @@ the dataset's options and raises :class:`OptionError` for what it rejects. A reg
 may define a ``check_options(opt)`` class method, called with the whole options dict.
 """
 import logging
-import os
 from os import path as osp
 
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-_IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
+from acla_basicsr.data.prepare_util import list_images, read_meta_info
 
 class OptionError(ValueError):
     """A wrong option or input file; its message is one line that names it and says the fix."""
@@ -30,22 +28,11 @@ def _require_registered(registry, name, where):
         raise OptionError(f"{where}: unknown {registry._name} type '{name}'; registered: {known}.")
 
 
-def _list_images(folder):
-    return sorted(v for v in os.listdir(folder) if v.lower().endswith(_IMG_EXTENSIONS))
-
-
 def _read_meta_info(lmdb_path, where):
-    meta = osp.join(lmdb_path, 'meta_info.txt')
-    if not osp.isfile(osp.join(lmdb_path, 'data.mdb')) or not osp.isfile(meta):
+    if not osp.isfile(osp.join(lmdb_path, 'data.mdb')) or not osp.isfile(osp.join(lmdb_path, 'meta_info.txt')):
         raise OptionError(f'{where}: {lmdb_path} is not an LMDB made by basicsr (data.mdb and meta_info.txt '
                           'expected); build it with scripts/prepare_example_data.py or scripts/prepare_sr_lmdb.py.')
-    shapes = {}
-    with open(meta) as f:
-        for line in f:
-            parts = line.split()
-            if parts:
-                shapes[osp.splitext(parts[0])[0]] = tuple(int(v) for v in parts[1].strip('()').split(','))
-    return shapes
+    return dict(read_meta_info(lmdb_path))
 
 
 def _check_paired(dataset_opt, where, scale, num_checked=8):
@@ -56,8 +43,12 @@ def _check_paired(dataset_opt, where, scale, num_checked=8):
         lq_shapes = _read_meta_info(lq, f'{where}.dataroot_lq')
     else:
         tmpl = dataset_opt.get('filename_tmpl', '{}')
-        gt_names = {osp.splitext(v)[0]: v for v in _list_images(gt)}
-        lq_names = {osp.splitext(v)[0]: v for v in _list_images(lq)}
+        for key, folder in (('dataroot_gt', gt), ('dataroot_lq', lq)):
+            if not osp.isdir(folder):
+                raise OptionError(f'{where}.{key}: {folder} is not a folder; give a folder of images, or an LMDB '
+                                  'with io_backend: {type: lmdb}.')
+        gt_names = {osp.splitext(v)[0]: v for v in list_images(gt)}
+        lq_names = {osp.splitext(v)[0]: v for v in list_images(lq)}
         gt_shapes = {k: None for k in gt_names}
         lq_shapes = {tmpl.format(k): None for k in gt_names}
         if set(lq_shapes) - set(lq_names):
