@@ -2,6 +2,7 @@
 import os
 import os.path as osp
 import shutil
+import socket
 import subprocess
 import sys
 import uuid
@@ -82,6 +83,18 @@ def run_entry(script, opt_path, *args, cwd=None, timeout=300, env=None):
     cmd = [sys.executable, osp.join(ROOT, 'acla_basicsr', f'{script}.py'), '-opt', str(opt_path), *args]
     full_env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1', **(env or {}))
     return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def run_torchrun_training(opt_path, out_dir, nproc=2, timeout=240):
+    """Train ``opt_path`` with torchrun (gloo, CPU); every rank saves its final weights to ``out_dir/rank{r}.pth``."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', f'--master_port={port}',
+           osp.join(ROOT, 'tests', 'helpers', 'dist_train_worker.py'), str(out_dir), '-opt', str(opt_path),
+           '--launcher', 'pytorch']
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture

@@ -1,20 +1,11 @@
 """Distributed training with torchrun and gloo on the CPU: both ranks train the same network."""
 import os
 import os.path as osp
-import socket
-import subprocess
-import sys
 
 import torch
 
-from conftest import ROOT, tiny_sr_options, write_options
+from conftest import ROOT, run_torchrun_training, tiny_sr_options, write_options
 from acla_basicsr.utils.launch import normalise_argv
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, sr_folders, experiment_name):
@@ -27,11 +18,7 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, sr_folders, experi
                         'insert_positions': [1, 2], 'num_keys': 2}
     opt['val']['val_freq'] = 2
     opt_path = write_options(opt, tmp_path / 'dist.yml')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
-           osp.join(ROOT, 'tests', 'helpers', 'dist_train_worker.py'), str(tmp_path), '-opt', opt_path,
-           '--launcher', 'pytorch']
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240, env=env)
+    result = run_torchrun_training(opt_path, tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pth') for r in (0, 1))
     initial = torch.load(osp.join(ROOT, 'experiments', experiment_name, 'models', 'net_g_2.pth'))['params']

@@ -11,8 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import ROOT, run_entry, smooth_image, tiny_sr_options, write_options
-from test_distributed import free_port
+from conftest import ROOT, run_entry, run_torchrun_training, smooth_image, tiny_sr_options, write_options
 from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
@@ -315,11 +314,7 @@ def test_two_process_gloo_search_keeps_logits_identical(tmp_path, sr_folders, ex
     opt['datasets']['train']['dataset_enlarge_ratio'] = 2  # 3 full batches per rank and epoch
     opt['logger']['save_checkpoint_freq'] = 100
     opt_path = write_options(opt, tmp_path / 'dist.yml')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={free_port()}',
-           osp.join(ROOT, 'tests', 'helpers', 'dist_train_worker.py'), str(tmp_path), '-opt', opt_path,
-           '--launcher', 'pytorch']
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    result = run_torchrun_training(opt_path, tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f'rank{r}.pth') for r in (0, 1))
     torch.testing.assert_close(rank0['arch_logits'], rank1['arch_logits'], rtol=0, atol=0)
