@@ -97,6 +97,26 @@ def run_torchrun_training(opt_path, out_dir, nproc=2, timeout=240):
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def parsed_checked_options(config):
+    """Parse ``config`` with basicsr's own ``parse_options`` and run the project's checks, as train.py does.
+
+    Skips when the example data that the demo configs read is absent.
+    """
+    from unittest import mock
+
+    from basicsr.utils.options import parse_options
+
+    from acla_basicsr.utils import check_options
+    from acla_basicsr.utils.launch import resolve_relative_paths
+    if not osp.isdir(osp.join(ROOT, 'datasets', 'example', 'train', 'HR_sub.lmdb')):
+        pytest.skip('datasets/example is absent; run python scripts/prepare_example_data.py')
+    with mock.patch.object(sys, 'argv', ['train.py', '-opt', osp.join(ROOT, config)]):
+        opt, _ = parse_options(ROOT, is_train=True)
+    resolve_relative_paths(opt, ROOT)
+    check_options(opt)
+    return opt
+
+
 @pytest.fixture
 def experiment_name():
     """A unique experiment name; its experiments/, results/ and tb_logger/ folders are removed after the test."""

@@ -3,8 +3,6 @@ import os
 import os.path as osp
 import shutil
 
-import cv2
-import numpy as np
 import pytest
 
 from conftest import ROOT, run_entry, tiny_sr_options, write_options, write_sr_folders
@@ -57,6 +55,10 @@ def test_empty_mismatched_and_wrong_scale_data(tmp_path, experiment_name):
     opt = tiny_sr_options(experiment_name, str(empty), str(empty))
     assert_clean_failure(run_entry('train', write_options(opt, tmp_path / 'o.yml')),
                          f'datasets.train.dataroot_gt: {empty} holds no images', experiment_name)
+
+    opt = tiny_sr_options(experiment_name, osp.join(hr_dir, 'img00.png'), lr_dir)  # a file, not a folder
+    assert_clean_failure(run_entry('train', write_options(opt, tmp_path / 'o.yml')),
+                         f"datasets.train.dataroot_gt: {osp.join(hr_dir, 'img00.png')} is not a folder", experiment_name)
 
     os.remove(osp.join(lr_dir, 'img01.png'))
     opt = tiny_sr_options(experiment_name, hr_dir, lr_dir)

@@ -9,6 +9,8 @@ import yaml
 from basicsr.archs.edsr_arch import EDSR
 from basicsr.archs.rcan_arch import RCAN
 from basicsr.utils.registry import ARCH_REGISTRY
+
+from conftest import parsed_checked_options
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import deform_conv2d
 
@@ -18,7 +20,6 @@ from acla_basicsr.archs.cla_modules import (AdaptiveCrossLayerAttention, CrossLa
                                             CrossLayerNonLocalAttention, NonLocalAttention, dot_product_attention,
                                             sample_keys)
 from acla_basicsr.utils import OptionError, check_options
-from acla_basicsr.utils.launch import resolve_relative_paths
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ATTENTIONS = ['none', 'cla', 'acla', 'nl', 'clnl']
@@ -300,12 +301,5 @@ def test_shipped_configs_build_their_networks():
 
 
 def test_demo_config_passes_check_options():
-    if not osp.isdir(osp.join(ROOT, 'datasets', 'example', 'train', 'HR_sub.lmdb')):
-        pytest.skip('datasets/example missing: run python scripts/prepare_example_data.py')
-    with open(osp.join(ROOT, 'options', 'train', 'demo_ACLA_SRx2.yml')) as f:
-        opt = yaml.safe_load(f)
-    opt['is_train'] = True
-    for phase, dataset in opt['datasets'].items():  # what basicsr's parse_options adds
-        dataset.update(phase=phase.split('_')[0], scale=opt['scale'])
-    resolve_relative_paths(opt, ROOT)
-    check_options(opt)
+    opt = parsed_checked_options('options/train/demo_ACLA_SRx2.yml')
+    assert opt['network_g']['type'] in ARCH_REGISTRY and opt['model_type'] == 'RestorationModel'

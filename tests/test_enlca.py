@@ -15,6 +15,8 @@ from acla_basicsr.losses.enlca_contrastive_loss import ENLCAContrastiveLoss
 from basicsr.losses import build_loss
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from conftest import parsed_checked_options
+
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 
 
@@ -383,16 +385,5 @@ def test_configs_build(path):
 
 
 def test_demo_config_passes_check_options():
-    if not osp.isdir(osp.join(ROOT, 'datasets', 'example')):
-        pytest.skip('datasets/example is absent: run python scripts/prepare_example_data.py')
-    from acla_basicsr.utils import check_options
-    with open(osp.join(ROOT, 'options', 'train', 'demo_ENLCN_SRx2.yml')) as f:
-        opt = yaml.safe_load(f)
-    opt['is_train'] = True
-    for dataset in opt['datasets'].values():
-        for key in [k for k in dataset if k.startswith('dataroot')]:
-            dataset[key] = osp.join(ROOT, dataset[key])
-    for phase, dataset in opt['datasets'].items():
-        dataset['phase'] = phase
-        dataset['scale'] = opt['scale']
-    check_options(opt)
+    opt = parsed_checked_options('options/train/demo_ENLCN_SRx2.yml')
+    assert opt['network_g']['type'] in ARCH_REGISTRY and opt['model_type'] == 'RestorationModel'

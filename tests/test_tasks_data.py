@@ -3,7 +3,6 @@ import glob
 import importlib.util
 import os
 import shutil
-import sys
 from os import path as osp
 
 import cv2
@@ -20,6 +19,8 @@ from acla_basicsr.data.prepare_util import PrepareError, bicubic_downscale, veri
 from acla_basicsr.utils import OptionError
 from basicsr.utils import bgr2ycbcr
 from basicsr.utils.registry import ARCH_REGISTRY
+
+from conftest import parsed_checked_options
 
 ROOT = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 BGR = {'B': 0, 'G': 1, 'R': 2}
@@ -308,19 +309,10 @@ def test_task_configs_datasets_and_network(config):
 
 
 @pytest.mark.parametrize('config', DEMO_CONFIGS, ids=osp.basename)
-def test_demo_configs_pass_check_options_and_train_one_batch(config, monkeypatch):
-    if not osp.isdir(osp.join(ROOT, 'datasets', 'example', 'train', 'HR_sub.lmdb')):
-        pytest.skip('datasets/example is absent; run python scripts/prepare_example_data.py')
+def test_demo_configs_pass_check_options_and_train_one_batch(config):
     from basicsr.data import build_dataset
     from basicsr.models import build_model
-    from basicsr.utils.options import parse_options
-
-    from acla_basicsr.utils import check_options
-    from acla_basicsr.utils.launch import resolve_relative_paths
-    monkeypatch.setattr(sys, 'argv', ['train.py', '-opt', config])
-    opt, _ = parse_options(ROOT, is_train=True)
-    resolve_relative_paths(opt, ROOT)
-    check_options(opt)
+    opt = parsed_checked_options(config)
     train_set = build_dataset(opt['datasets']['train'])
     batch = {k: torch.stack([train_set[i][k] for i in range(2)]) for k in ('lq', 'gt')}
     assert batch['gt'].shape == (2, 3, 48, 48)
