@@ -1,5 +1,10 @@
 #!/usr/bin/env python
-"""Install acla_basicsr: ``pip install -r requirements.txt && pip install -e .``"""
+"""Install acla_basicsr: ``pip install -r requirements.txt && pip install .`` (or ``-e .`` to develop).
+
+Console commands: ``acla-train``, ``acla-test`` (basicsr's pipelines with this project's classes) and
+``acla-restore`` (inference on your own images). Installed with ``pip install .``, they write
+``experiments/``, ``results/`` and ``tb_logger/`` under the working directory.
+"""
 import os.path as osp
 
 from setuptools import find_packages, setup
@@ -33,7 +38,15 @@ setup(
         'tqdm>=4.60',
     ],
     extras_require={'test': ['pytest>=7']},
+    entry_points={
+        'console_scripts': [
+            'acla-train = acla_basicsr.utils.launch:console_train',
+            'acla-test = acla_basicsr.utils.launch:console_test',
+            'acla-restore = acla_basicsr.restore_cli:console_main',
+        ],
+    },
     license='Apache License 2.0',
+    license_files=['LICENSE'],
     classifiers=[
         'Programming Language :: Python :: 3',
         'Topic :: Scientific/Engineering :: Image Processing',

@@ -3,6 +3,14 @@
 Importing this package makes basicsr 1.4.2 importable with current torchvision, applies the
 fixes of :mod:`acla_basicsr.compat`, and registers every network, model, loss and dataset
 of the project in basicsr's registries.
+
+The public API, three lines from a checkpoint to a restored image (docs/inference.md)::
+
+    from acla_basicsr import load_network, restore
+    net = load_network('options/test/ACLA_SRx2.yml', 'net_g_latest.pth')  # builds network_g, loads params(_ema)
+    sr = restore(net, rgb_uint8, tile=256, self_ensemble=False)            # uint8 in, uint8 out
+
+and the networks themselves: ``ACLAEDSR``, ``ACLARCAN``, ``ENLCN``, ``EARN``.
 """
 # flake8: noqa
 from .compat import patch_basicsr
@@ -14,3 +22,10 @@ from .data import *
 from .losses import *
 from .models import *
 from .version import __version__
+from .archs.acla_edsr_arch import ACLAEDSR
+from .archs.acla_rcan_arch import ACLARCAN
+from .archs.earn_arch import EARN
+from .archs.enlcn_arch import ENLCN
+from .utils.inference import load_network, restore
+
+__all__ = ['ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'load_network', 'restore', '__version__']

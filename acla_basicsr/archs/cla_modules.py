@@ -19,8 +19,10 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   per-key ``torchvision.ops.deform_conv2d`` with an identity 1x1 kernel on the same offsets (and equally
   ``F.grid_sample`` with ``align_corners=False`` at pixel centres, kept as ``method='grid_sample'``; the
   gather was 2.5x faster forward + backward on CPU in benchmarks/bench_cla_sampling.py). Offsets use
-  deform_conv2d's layout: (dy, dx) pairs, key-major. Above ``max_memory_mb`` the keys are processed in
-  chunks, each recomputed in backward (activation checkpointing), so memory stays bounded in training.
+  deform_conv2d's layout: (dy, dx) pairs, key-major. ``max_memory_mb`` covers the channels-last value table
+  and the gathered keys: above it key layers, then keys, are processed in chunks, each recomputed in backward
+  (activation checkpointing), so memory stays bounded in training. Pixel coordinates stay float32 under
+  autocast (float16/bfloat16 coordinates are not exact at a few hundred pixels).
 - ACLA adds a gate per key, predicted from the query: a binary gate sampled with logistic noise in training
   (``z = [g + log u - log(1 - u) > 0]``, open with probability sigmoid(g)), straight-through with the
   gradient of its Gumbel-sigmoid relaxation at a temperature that the model anneals, and ``z = [g > 0]`` in
@@ -78,13 +80,30 @@ def _chunked(fn, num, chunk, sliced, shared, axis, cat_dim=None):
     return outs[0] if cat_dim is None else torch.cat(outs, cat_dim)
 
 
-def _gather_and_sum(values, offsets, weights):
+def _value_table(values):
+    """The channels-last (B*L*H*W, C) table of the value maps that ``F.embedding_bag`` reads (one copy)."""
     b, num_layers, c, h, w = values.shape
+    return values.permute(0, 1, 3, 4, 2).reshape(b * num_layers * h * w, c)
+
+
+def _pixel_coordinates(offsets, h, w):
+    """Sampling positions in pixels, (B, L, K, H, W) each, in float32 whatever the offsets' dtype.
+
+    Under autocast the offsets come from a 1x1 conv in float16/bfloat16, where pixel coordinates are not
+    exact (bfloat16 rounds 299 to 300: an index past the table; float16 moves 600.3 to 600.5), so the
+    coordinates and everything derived from them are computed in float32 (float64 for float64 offsets).
+    """
+    offsets = offsets.to(torch.promote_types(offsets.dtype, torch.float32))
+    py = torch.arange(h, device=offsets.device, dtype=offsets.dtype).view(h, 1) + offsets[:, :, :, 0]
+    px = torch.arange(w, device=offsets.device, dtype=offsets.dtype) + offsets[:, :, :, 1]
+    return py, px
+
+
+def _gather_from_table(table, shape, offsets, weights):
+    """Bilinear gather of the keys from a :func:`_value_table` of values of ``shape`` (B, L, C, H, W)."""
+    b, num_layers, c, h, w = shape
     num_keys = offsets.shape[2]
-    table = values.permute(0, 1, 3, 4, 2).reshape(b * num_layers * h * w, c)
-    # sampling positions in pixels, (B, L, K, H, W)
-    py = torch.arange(h, device=values.device, dtype=values.dtype).view(h, 1) + offsets[:, :, :, 0]
-    px = torch.arange(w, device=values.device, dtype=values.dtype) + offsets[:, :, :, 1]
+    py, px = _pixel_coordinates(offsets, h, w)
     y0, x0 = py.floor(), px.floor()
     fy, fx = py - y0, px - x0
     gy, gx = 1 - fy, 1 - fx
@@ -92,37 +111,78 @@ def _gather_and_sum(values, offsets, weights):
     cy = torch.stack((y0, y0, y0 + 1, y0 + 1), 3)
     cx = torch.stack((x0, x0 + 1, x0, x0 + 1), 3)
     inside = (cy >= 0) & (cy <= h - 1) & (cx >= 0) & (cx <= w - 1)  # zero padding
-    coef = torch.stack((gy * gx, gy * fx, fy * gx, fy * fx), 3) * weights.unsqueeze(3) * inside
+    coef = torch.stack((gy * gx, gy * fx, fy * gx, fy * fx), 3) * weights.to(py.dtype).unsqueeze(3) * inside
     # int32 indices when they fit: embedding_bag's backward sorts them, twice as fast as int64
     itype = torch.int32 if table.shape[0] < 2**31 else torch.int64
-    layer = torch.arange(b * num_layers, device=values.device, dtype=itype).view(b, num_layers, 1, 1, 1, 1)
+    layer = torch.arange(b * num_layers, device=table.device, dtype=itype).view(b, num_layers, 1, 1, 1, 1)
     index = layer * (h * w) + cy.clamp(0, h - 1).to(itype) * w + cx.clamp(0, w - 1).to(itype)
     # one bag per query pixel holding its L*K*4 (key, corner) entries
     bag = num_layers * num_keys * 4
     index = index.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag)
-    coef = coef.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag)
+    coef = coef.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag).to(table.dtype)
     out = F.embedding_bag(index, table, per_sample_weights=coef, mode='sum')
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+def _gather_and_sum(values, offsets, weights):
+    return _gather_from_table(_value_table(values), values.shape, offsets, weights)
 
 
 def _grid_sample_and_sum(values, offsets, weights):
     b, num_layers, c, h, w = values.shape
     k = offsets.shape[2]
-    # normalised coordinates of the pixel centres (align_corners=False): pixel j <-> (2j + 1) / W - 1
-    xs = (torch.arange(w, device=values.device, dtype=values.dtype) * 2 + 1) / w - 1
-    ys = (torch.arange(h, device=values.device, dtype=values.dtype) * 2 + 1) / h - 1
-    off = offsets.permute(0, 1, 4, 5, 2, 3)  # (B, L, H, W, K, 2), pairs (dy, dx)
+    # normalised coordinates of the pixel centres (align_corners=False): pixel j <-> (2j + 1) / W - 1, in
+    # float32 under autocast too (see _pixel_coordinates)
+    dtype = torch.promote_types(values.dtype, torch.float32)  # grid_sample wants one dtype for both
+    xs = (torch.arange(w, device=values.device, dtype=dtype) * 2 + 1) / w - 1
+    ys = (torch.arange(h, device=values.device, dtype=dtype) * 2 + 1) / h - 1
+    off = offsets.to(dtype).permute(0, 1, 4, 5, 2, 3)  # (B, L, H, W, K, 2), pairs (dy, dx)
     grid = torch.stack((xs.view(w, 1) + off[..., 1] * (2 / w), ys.view(h, 1, 1) + off[..., 0] * (2 / h)), -1)
     sampled = F.grid_sample(
-        values.reshape(b * num_layers, c, h, w),
-        grid.reshape(b * num_layers, h, w * k, 2),
+        values.reshape(b * num_layers, c, h, w).to(dtype),
+        grid.reshape(b * num_layers, h, w * k, 2).to(dtype),
         mode='bilinear',
         padding_mode='zeros',
         align_corners=False)
-    return torch.einsum('blchwk,blkhw->bchw', sampled.view(b, num_layers, c, h, w, k), weights)
+    out = torch.einsum('blchwk,blkhw->bchw', sampled.view(b, num_layers, c, h, w, k), weights.to(sampled.dtype))
+    return out.to(values.dtype)
 
 
 _SAMPLERS = {'gather': _gather_and_sum, 'grid_sample': _grid_sample_and_sum}
+
+
+def sampling_chunks(shape, num_keys, max_memory_mb=DEFAULT_MAX_MEMORY_MB, method='gather', itemsize=4,
+                    training=False):
+    """Key layers and keys processed at once by :func:`sample_keys` so that one step fits the memory budget.
+
+    One step holds the channels-last value table of its key layers (``gather``; with its gradient in
+    training) and the gathered entries (or ``grid_sample``'s samples) of its keys in those layers. The floor
+    is one key of one key layer: a budget below that is exceeded.
+
+    Args:
+        shape (tuple[int]): (B, L, C, H, W) of the values.
+        num_keys (int): K.
+        max_memory_mb (float): Memory budget (MiB). Default: 1024.
+        method (str): 'gather' or 'grid_sample'. Default: 'gather'.
+        itemsize (int): Bytes per element of the values. Default: 4.
+        training (bool): Whether gradients are computed. Default: False.
+
+    Returns:
+        tuple[int, int]: (key layers per step, keys per step).
+    """
+    b, num_layers, c, h, w = shape
+    budget = max_memory_mb * 2**20
+    if method == 'gather':
+        table = b * h * w * c * itemsize * (2 if training else 1)  # of one key layer
+        entries = b * h * w * 4 * _BYTES_PER_GATHER_ENTRY  # of one key in one key layer
+    else:
+        table, entries = 0, b * h * w * c * _BYTES_PER_SAMPLE
+    layers = int(min(num_layers, max(1, budget // (table + num_keys * entries))))
+    if layers == 1:
+        keys = int(min(num_keys, max(1, (budget - table) // entries)))
+    else:
+        keys = num_keys
+    return layers, keys
 
 
 def sample_keys(values, offsets, weights, max_memory_mb=DEFAULT_MAX_MEMORY_MB, method='gather'):
@@ -133,12 +193,19 @@ def sample_keys(values, offsets, weights, max_memory_mb=DEFAULT_MAX_MEMORY_MB, m
     the same as ``torchvision.ops.deform_conv2d(values[:, l], offsets[:, l, k], eye(C)[..., None, None])``
     summed with the weights, without the C*C MACs per key of the identity kernel.
 
+    Pixel coordinates are float32 whatever the dtype of the offsets (autocast), see
+    :func:`_pixel_coordinates`. The memory budget covers the channels-last value table that the gather
+    reads and the gathered entries (:func:`sampling_chunks`): above it the key layers, then the keys, are
+    processed in chunks. Without gradients the table of a chunk of key layers is built once for all its key
+    chunks; with gradients every chunk builds its own and is recomputed in backward (activation
+    checkpointing), so memory stays bounded in training too.
+
     Args:
         values (Tensor): (B, L, C, H, W) value maps of the L key layers.
         offsets (Tensor): (B, L, K, 2, H, W) key offsets (dy, dx) from each query pixel, in pixels.
         weights (Tensor): (B, L, K, H, W) weight of each key.
-        max_memory_mb (float): Approximate memory budget (MiB); above it the keys are processed in chunks,
-            recomputed in backward. Default: 1024.
+        max_memory_mb (float): Approximate memory budget (MiB) of the value table and the gathered keys; the
+            floor is one key layer's table plus one key. Default: 1024.
         method (str): 'gather' (``F.embedding_bag`` over the four corners of every key) or 'grid_sample'
             (``F.grid_sample`` of all keys, then a weighted sum; builds the (B, L, C, H, W, K) samples).
             Default: 'gather'.
@@ -148,14 +215,24 @@ def sample_keys(values, offsets, weights, max_memory_mb=DEFAULT_MAX_MEMORY_MB, m
     """
     if method not in _SAMPLERS:
         raise ValueError(f"method: '{method}' is unknown; use one of {', '.join(_SAMPLERS)}.")
-    b, num_layers, c, h, w = values.shape
-    k = offsets.shape[2]
-    per_key = b * num_layers * h * w * (4 * _BYTES_PER_GATHER_ENTRY if method == 'gather' else c * _BYTES_PER_SAMPLE)
-    chunk = _chunk_size(max_memory_mb, per_key)
+    num_layers, k = values.shape[1], offsets.shape[2]
+    training = torch.is_grad_enabled() and any(t.requires_grad for t in (values, offsets, weights))
+    layers, keys = sampling_chunks(values.shape, k, max_memory_mb, method, values.element_size(), training)
     sampler = _SAMPLERS[method]
-    if chunk >= k:
+    if layers >= num_layers and keys >= k:
         return sampler(values, offsets, weights)
-    return _chunked(lambda o, wt, v: sampler(v, o, wt), k, chunk, (offsets, weights), (values, ), axis=2)
+    out = None
+    for start in range(0, num_layers, layers):  # chunks of key layers, each with its own value table
+        size = min(layers, num_layers - start)
+        v, o, wt = (t.narrow(1, start, size) for t in (values, offsets, weights))
+        if method == 'gather' and not training:
+            table, shape = _value_table(v), v.shape
+            part = _chunked(lambda o, wt: _gather_from_table(table, shape, o, wt), k, keys, (o, wt), (), axis=2)
+            del table
+        else:
+            part = _chunked(lambda o, wt, v: sampler(v, o, wt), k, keys, (o, wt), (v, ), axis=2)
+        out = part if out is None else out + part
+    return out
 
 
 def _attend(q, k, v, scale):

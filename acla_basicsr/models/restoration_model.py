@@ -10,6 +10,7 @@ from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from acla_basicsr.data.degradations import DEMOSAIC_REFERENCES
 from .schedule_options import anneal, check_gate_temperature, check_macs_penalty
+from acla_basicsr.utils.inference import DEFAULT_TILE_PAD, check_tile, run_network
 
 
 def bicubic_reference(lq, scale):
@@ -49,6 +50,9 @@ class RestorationModel(SRModel):
       ``L_rec * (1 + lambda * E[added MACs] / backbone MACs)`` with the expectation over the network's
       gates (``expected_attention_macs``, e.g. ACLA's open keys); the ratio is logged as ``macs_ratio``
       and the added term as ``l_macs`` (see :mod:`acla_basicsr.models.schedule_options`).
+    - ``val.tile: {tile_size: 256, tile_pad: 16}``: validation and testing run the network tile by tile
+      (input pixels; bounded memory on Urban100/Manga109-sized images), ``val.self_ensemble: true``: on the 8
+      flips/transpositions of the input, averaged (see :mod:`acla_basicsr.utils.inference`).
 
     A network may define ``training_stats()`` returning a dict of floats (for example ACLA's
     mean number of active keys); the values join the loss terms in every log line.
@@ -64,6 +68,16 @@ class RestorationModel(SRModel):
         if reference is not None and reference not in cls.reference_functions:
             raise OptionError(f"val.reference: unknown baseline '{reference}'; use one of "
                               f"{', '.join(sorted(cls.reference_functions))} or ~.")
+        tile = (opt.get('val') or {}).get('tile')
+        if tile is not None:
+            if not isinstance(tile, dict) or set(tile) - {'tile_size', 'tile_pad'} or 'tile_size' not in tile:
+                raise OptionError(f'val.tile: {tile!r} is not {{tile_size: N, tile_pad: N}}; e.g. '
+                                  '{tile_size: 256, tile_pad: 16}, or ~ for whole images.')
+            check_tile(tile['tile_size'], tile.get('tile_pad', DEFAULT_TILE_PAD), 'val.tile.tile_size',
+                       'val.tile.tile_pad')
+        ensemble = (opt.get('val') or {}).get('self_ensemble', False)
+        if not isinstance(ensemble, bool):
+            raise OptionError(f'val.self_ensemble: {ensemble!r} must be true or false.')
         network_opt = (opt.get('train') or {}).get('network_opt') or []
         if opt.get('is_train') and not isinstance(network_opt, list):
             raise OptionError('train.network_opt: must be a list of loss options, e.g. [{type: ..., loss_weight: ..}].')
@@ -152,13 +166,23 @@ class RestorationModel(SRModel):
             self.model_ema(decay=self.ema_decay)
 
     def test(self):
-        """SRModel's test on the bare network: validation runs on rank 0 alone, and a DDP forward may
-        broadcast buffers (the mean shift of ACLAEDSR, ENLCA's random matrix), a collective that the
-        other ranks never join."""
+        """SRModel's test on the bare network, tiled and/or self-ensembled as ``val.tile`` and
+        ``val.self_ensemble`` say: validation runs on rank 0 alone, and a DDP forward may broadcast buffers
+        (the mean shift of ACLAEDSR, ENLCA's random matrix), a collective that the other ranks never join."""
         wrapped = self.net_g
         self.net_g = self.get_bare_model(wrapped)
         try:
-            super().test()
+            val_opt = self.opt.get('val') or {}
+            tile, ensemble = val_opt.get('tile') or {}, val_opt.get('self_ensemble', False)
+            if not tile.get('tile_size') and not ensemble:
+                super().test()
+                return
+            net = getattr(self, 'net_g_ema', self.net_g)
+            training = net.training
+            net.eval()
+            self.output = run_network(net, self.lq, tile.get('tile_size'), tile.get('tile_pad', DEFAULT_TILE_PAD),
+                                      ensemble)
+            net.train(training)
         finally:
             self.net_g = wrapped
 

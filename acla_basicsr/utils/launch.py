@@ -84,6 +84,29 @@ def run_pipeline(pipeline, root_path):
         pipeline.__globals__['parse_options'] = parse_options
 
 
+def project_root():
+    """Where ``experiments/``, ``results/`` and ``tb_logger/`` go, and relative data paths are resolved.
+
+    The source checkout that holds this package (a folder with ``setup.py`` and ``options/``), as for
+    ``python acla_basicsr/train.py`` and an editable install; the working directory for a package installed
+    with ``pip install .`` (never site-packages).
+    """
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    if osp.isfile(osp.join(root, 'setup.py')) and osp.isdir(osp.join(root, 'options')):
+        return root
+    return os.getcwd()
+
+
+def console_train():
+    """The console command ``acla-train``: ``acla_basicsr/train.py`` with :func:`project_root`."""
+    main('train', project_root())
+
+
+def console_test():
+    """The console command ``acla-test``: ``acla_basicsr/test.py`` with :func:`project_root`."""
+    main('test', project_root())
+
+
 def main(kind, root_path):
     """Entry point of ``acla_basicsr/train.py`` (kind 'train') and ``acla_basicsr/test.py`` ('test')."""
     import acla_basicsr  # noqa: F401  (applies the compat fixes and registers the project's classes)

@@ -1,0 +1,134 @@
+"""Restore your own images with a trained network: no ground truth, tiles, self-ensemble, half precision.
+
+Usage (``acla-restore`` after ``pip install``, or ``python scripts/inference.py``, same arguments)::
+
+    acla-restore -opt options/test/ACLA_SRx2.yml --model net_g_latest.pth -i photos/ -o restored/ \\
+        [--tile 256 --tile-pad 16] [--self-ensemble] [--half] [--suffix x2]
+
+Every readable image of ``-i`` (a file or a folder) is restored and written to ``-o`` as
+``<name>[_<suffix>].png`` (written to a temporary name, then renamed). An image that cannot be read is named
+on one line and skipped; the others are restored, and the exit status is 1. A wrong argument ends with one
+line naming it and the fix, exit status 2, before anything is written. The peak memory is printed at the end.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from acla_basicsr.utils.options import OptionError
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='acla-restore',
+        description='Restore or super-resolve images with a network of acla_basicsr; no ground truth needed.')
+    parser.add_argument('-opt', required=True, help='options YAML with network_g (any train or test file)')
+    parser.add_argument('--model', default=None,
+                        help='checkpoint .pth (default: path.pretrain_network_g of the options)')
+    parser.add_argument('--param-key', default=None,
+                        help='parameters in the checkpoint (default: params_ema if present, else params)')
+    parser.add_argument('-i', '--input', required=True, help='an image or a folder of images')
+    parser.add_argument('-o', '--output', required=True, help='output folder (created)')
+    parser.add_argument('--tile', type=int, default=0,
+                        help='tile side in input pixels, to bound memory on large images (default 0: no tiles)')
+    parser.add_argument('--tile-pad', type=int, default=16,
+                        help='context around every tile in input pixels (default 16)')
+    parser.add_argument('--self-ensemble', action='store_true', help='average the 8 flips/rotations (x8 time)')
+    parser.add_argument('--half', action='store_true', help='float16 autocast on CUDA, bfloat16 on the CPU')
+    parser.add_argument('--suffix', default='', help='append _SUFFIX to the output names (default: none)')
+    parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
+    return parser.parse_args(argv)
+
+
+def list_inputs(path):
+    """The files to restore: ``path`` itself, or the files of the folder ``path`` (sorted, not recursive)."""
+    if osp.isfile(path):
+        return [path]
+    if not osp.isdir(path):
+        raise OptionError(f'-i: {path} does not exist; give an image or a folder of images.')
+    files = sorted(osp.join(path, v) for v in os.listdir(path)
+                   if not v.startswith('.') and osp.isfile(osp.join(path, v)))
+    if not files:
+        raise OptionError(f'-i: {path} holds no files; give an image or a folder of images.')
+    return files
+
+
+def output_paths(inputs, folder, suffix):
+    """``folder/<name>[_<suffix>].png`` for every input; refuse to overwrite an input or to write twice."""
+    outputs = [osp.join(folder, osp.splitext(osp.basename(v))[0] + (f'_{suffix}' if suffix else '') + '.png')
+               for v in inputs]
+    seen = {}
+    for source, target in zip(inputs, outputs):
+        if osp.abspath(target) in {osp.abspath(v) for v in inputs}:
+            raise OptionError(f'-o: {target} would overwrite an input image; give another -o folder or a --suffix.')
+        if target in seen:
+            raise OptionError(f'-i: {seen[target]} and {source} would both be written to {target}; '
+                              'rename one or restore them separately.')
+        seen[target] = source
+    return outputs
+
+
+def main(argv=None):
+    """Entry point of ``acla-restore`` and ``scripts/inference.py``; returns the exit status."""
+    args = parse_args(argv)
+    try:
+        import torch
+        from tqdm import tqdm
+
+        from acla_basicsr.utils.inference import (check_tile, load_network, peak_memory_mib, read_image, restore,
+                                                  write_png_atomic)
+        check_tile(args.tile, args.tile_pad, '--tile', '--tile-pad')
+        if args.device is not None:
+            try:
+                device = torch.device(args.device)
+                torch.empty(0, device=device)
+            except (RuntimeError, AssertionError) as error:
+                raise OptionError(f'--device: {args.device} is not usable here ({str(error).splitlines()[0]}); '
+                                  'use cpu or a visible cuda device.') from None
+        else:
+            device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        inputs = list_inputs(args.input)
+        if osp.exists(args.output) and not osp.isdir(args.output):
+            raise OptionError(f'-o: {args.output} is a file; give a folder for the restored images.')
+        outputs = output_paths(inputs, args.output, args.suffix)
+        net = load_network(args.opt, args.model, args.param_key, device=device)
+    except OptionError as error:
+        print(f'error: {error}', file=sys.stderr, flush=True)
+        return 2
+    os.makedirs(args.output, exist_ok=True)
+    failures = 0
+    with tqdm(total=len(inputs), unit='image', dynamic_ncols=True) as bar:
+        for source, target in zip(inputs, outputs):
+            bar.set_postfix_str(osp.basename(source))
+            image = read_image(source)
+            if image is None:
+                tqdm.write(f'skipped: {source} is not a readable image', file=sys.stderr)
+                failures += 1
+            else:
+                try:
+                    result = restore(net, image, args.tile or None, args.tile_pad, args.self_ensemble, args.half)
+                    write_png_atomic(target, result)
+                except (RuntimeError, ValueError, OSError) as error:  # e.g. out of memory: the others go on
+                    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                    hint = '; try --tile 256' if 'memory' in message.lower() and not args.tile else ''
+                    tqdm.write(f'failed: {source}: {message}{hint}', file=sys.stderr)
+                    failures += 1
+            bar.update(1)
+    peak = peak_memory_mib(device)
+    line = f"peak memory: {peak['rss']:.0f} MiB resident"
+    if 'cuda' in peak:
+        line += f", {peak['cuda']:.0f} MiB allocated on {device}"
+    print(f'restored {len(inputs) - failures} of {len(inputs)} images into {args.output}; {line}', flush=True)
+    return 1 if failures else 0
+
+
+def console_main():
+    """The console command ``acla-restore``."""
+    sys.exit(main())
+
+
+if __name__ == '__main__':
+    # Python put this file's folder first on sys.path, where acla_basicsr/data, utils, ... would shadow
+    # top-level modules; the repository root goes there instead, so this checkout's package is imported.
+    sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    console_main()
