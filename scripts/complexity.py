@@ -8,13 +8,22 @@ attention matrices of NL / CLNL); it does not count the key aggregation of CLA /
 the column 'aggregation'), softmax, or element-wise operations. The paper's EDSR-large baseline is 93.97 G;
 the counter gives 93.85 G.
 
+With ``-opt OPTIONS --checkpoint CKPT`` it also measures a trained ACLA network: it runs the network on the
+LR images of ``--images`` (default: the example validation images), counts the keys its gates keep open, and
+prints its effective MACs (closed keys compute neither offsets nor logit, flop-counter convention) beside the
+dense count and the same network with CLA (every key open, no gates): ACLA Table 8's ACLA-below-CLA ordering,
+checked on a real network.
+
 Usage: python scripts/complexity.py [--tolerance-params 2] [--tolerance-macs 3]
+       python scripts/complexity.py -opt options/train/demo_ACLA_SRx2.yml \
+           --checkpoint experiments/demo_ACLA_SRx2/models/net_g_latest.pth [--images DIR] [--size 48]
 """
 import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 import acla_basicsr  # noqa: E402,F401  (makes basicsr importable, registers the archs)
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -92,11 +101,83 @@ def percent(ours, paper):
     return 100 * (ours - paper) / paper
 
 
+def fail(message):
+    print(f'error: {message}', file=sys.stderr)
+    sys.exit(2)
+
+
+def checkpoint_report(opt_path, checkpoint, images, size, param_key):
+    """Effective MACs of a trained ACLA checkpoint from the open keys measured on ``images``."""
+    import cv2
+    import yaml
+    from basicsr.utils import img2tensor
+    from basicsr.utils.registry import ARCH_REGISTRY
+
+    from acla_basicsr.archs.supernet import counted_macs
+    from acla_basicsr.data.prepare_util import list_images
+    for flag, path, kind in (('-opt', opt_path, 'file'), ('--checkpoint', checkpoint, 'file'),
+                             ('--images', images, 'folder')):
+        if not (os.path.isfile(path) if kind == 'file' else os.path.isdir(path)):
+            fail(f'{flag}: {path} is not a {kind}.')
+    with open(opt_path) as f:
+        network_opt = dict(yaml.safe_load(f)['network_g'])
+    cls = ARCH_REGISTRY.get(network_opt.pop('type'))
+    if network_opt.get('attention') != 'acla' or not hasattr(cls, 'effective_macs'):
+        fail(f'-opt: {opt_path} does not describe an ACLA network (network_g.attention: acla).')
+    net = cls(**network_opt)
+    state = torch.load(checkpoint, map_location='cpu', weights_only=True)
+    key = param_key or ('params_ema' if 'params_ema' in state else 'params')
+    if key not in state:
+        fail(f'--checkpoint: {checkpoint} has no {key!r} (keys: {", ".join(state)}).')
+    net.load_state_dict(state[key], strict=True)
+    net.eval()
+    names = list_images(images)
+    if not names:
+        fail(f'--images: {images} holds no images.')
+    with torch.no_grad():
+        for name in names:
+            img = cv2.imread(os.path.join(images, name), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                fail(f'--images: cannot read {os.path.join(images, name)}.')
+            net(img2tensor(img.astype('float32') / 255., bgr2rgb=img.ndim == 3, float32=True).unsqueeze(0))
+    measured = net.measured_active_keys()
+    dense = counted_macs(lambda: cls(**network_opt), size, size, network_opt.get('num_in_ch', 3))
+    cla = counted_macs(lambda: cls(**dict(network_opt, attention='cla')), size, size, network_opt.get('num_in_ch', 3))
+    effective = net.effective_macs(size, size)
+    backbone = net.backbone_macs(size, size)
+    k = net.num_keys
+    print(f'\nTrained checkpoint {checkpoint} ({key}), open keys measured on {len(names)} images of {images}:')
+    print('| module after block | open keys per key layer (of K = %d) |' % k)
+    print('|---|---|')
+    for position, layers in measured.items():
+        cells = ', '.join(f'{name}: {value:.2f}' for name, value in zip(net.key_layer_names(
+            net.insert_positions.index(position)), layers))
+        print(f'| {position} | {cells} |')
+    total = [v for layers in measured.values() for v in layers]
+    print(f'mean open keys per key layer: {sum(total) / len(total):.2f} of {k} ({100 * sum(total) / len(total) / k:.1f} %)')
+    print(f'MACs at a {size}x{size} LR input (flop-counter convention, key aggregation not counted):')
+    print('| network | MACs (M) | added over the backbone (M) |')
+    print('|---|---|---|')
+    for label, value in (('backbone', backbone), ('CLA, same positions and K (every key open)', cla),
+                         ('ACLA dense (every gate, offset and logit computed)', dense),
+                         ('ACLA effective (measured open keys)', effective)):
+        print(f'| {label} | {value / 1e6:.3f} | {(value - backbone) / 1e6:.3f} |')
+    print(f'ACLA effective {"below" if effective < cla else "NOT below"} CLA (Table 8 ordering).')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--tolerance-params', type=float, default=2.0, help='percent; default 2')
     parser.add_argument('--tolerance-macs', type=float, default=3.0, help='percent; default 3')
+    parser.add_argument('-opt', help='options file of a trained ACLA network (with --checkpoint)')
+    parser.add_argument('--checkpoint', help='its net_g_*.pth: print its effective MACs from measured open keys')
+    parser.add_argument('--images', default=os.path.join(ROOT, 'datasets', 'example', 'val', 'LR_bicubic', 'X2'),
+                        help='LR images on which the open keys are measured (default: the example validation set)')
+    parser.add_argument('--size', type=int, default=48, help='LR input size of the MAC counts; default 48')
+    parser.add_argument('--param-key', default=None, help='params or params_ema; default: params_ema if present')
     args = parser.parse_args()
+    if bool(args.opt) != bool(args.checkpoint):
+        fail('-opt and --checkpoint go together: the options file of the trained network and its checkpoint.')
 
     print('Params (M) and MACs (G) for one 48x48 LR input at x2; MACs = FlopCounterMode FLOPs / 2 (key aggregation '
           'not counted).')
@@ -129,8 +210,10 @@ def main():
     for i, note in enumerate(notes, 1):
         print(f'note {i}: {note}.')
     print(f'Analytic module MACs (CrossLayerAttention.macs etc.) vs the counter: largest difference {worst:.2e} G.')
-    print('ACLA rows have every key computed (dense); the aggregation of the open keys only, for a trained '
-          'network, is net.attention_macs(h, w, aggregation=True, active_keys=...) with the logged open keys.')
+    print('ACLA rows have every key computed (dense); for a trained network, -opt and --checkpoint print its '
+          'effective MACs from the keys its gates keep open.')
+    if args.checkpoint:
+        checkpoint_report(args.opt, args.checkpoint, args.images, args.size, args.param_key)
 
 
 if __name__ == '__main__':
