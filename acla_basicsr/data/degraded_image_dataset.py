@@ -83,6 +83,10 @@ class DegradedImageDataset(data.Dataset):
             phase (str): 'train' or 'val' (added by basicsr).
     """
 
+    # its options beyond basicsr's common dataset keys (acla_basicsr/utils/options_schema.py)
+    extra_option_keys = {'degradation': 'dict', 'color': 'rgb|y|gray', 'gt_size': 'int', 'use_hflip': 'bool',
+                         'use_rot': 'bool'}
+
     def __init__(self, opt):
         super(DegradedImageDataset, self).__init__()
         self.check_options(opt)

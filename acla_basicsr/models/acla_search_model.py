@@ -46,6 +46,9 @@ class ACLASearchModel(RestorationModel):
     temperature, the expected added MACs over the backbone's (``macs_ratio``) and the selection (``sel``).
     """
 
+    # options this model reads beyond RestorationModel's (acla_basicsr/utils/options_schema.py)
+    extra_option_keys = {'train': {'search': 'dict', 'optim_arch': 'dict'}}
+
     def __init__(self, opt):
         self.search = self.check_options(opt) if opt.get('is_train') else None
         # the options before training pops optimizer and scheduler types out of them, for the export

@@ -46,6 +46,8 @@ class RestorationModel(SRModel):
     """
 
     reference_functions = {'bicubic': bicubic_reference, 'input': input_reference, **DEMOSAIC_REFERENCES}
+    # options this model reads beyond basicsr's, by section (acla_basicsr/utils/options_schema.py)
+    extra_option_keys = {'train': {'network_opt': 'list'}, 'val': {'reference': 'str'}}
 
     @classmethod
     def check_options(cls, opt):

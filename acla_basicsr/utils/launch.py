@@ -8,6 +8,7 @@ import yaml
 
 from acla_basicsr import compat
 from acla_basicsr.utils.options import OptionError, check_options
+from acla_basicsr.utils.options_schema import check_schema
 
 
 def normalise_argv(argv):
@@ -15,10 +16,10 @@ def normalise_argv(argv):
     return [re.sub(r'^--local-rank', '--local_rank', arg) for arg in argv]
 
 
-def _dist_params_from_argv(argv):
-    """Read ``dist_params`` from the ``-opt`` file, for the pytorch launcher (see compat.init_dist)."""
+def _raw_options_from_argv(argv):
+    """The ``-opt`` file as YAML read it (before basicsr's ``parse_options``), or None without ``-opt``."""
     if '-opt' not in argv or argv.index('-opt') + 1 >= len(argv):
-        return {}
+        return None
     path = argv[argv.index('-opt') + 1]
     if not os.path.isfile(path):
         raise OptionError(f'-opt: {path} does not exist; give the path of an options YAML file.')
@@ -29,7 +30,13 @@ def _dist_params_from_argv(argv):
         raise OptionError(f'-opt: {path} is not valid YAML ({str(error).splitlines()[0]}); fix the file.') from None
     if not isinstance(opt, dict):
         raise OptionError(f'-opt: {path} is not a YAML mapping of options; see options/train/ for examples.')
-    return dict(opt.get('dist_params') or {})
+    return opt
+
+
+def _dist_params_from_argv(argv):
+    """Read ``dist_params`` from the ``-opt`` file, for the pytorch launcher (see compat.init_dist)."""
+    opt = _raw_options_from_argv(argv) or {}
+    return dict(opt.get('dist_params') or {}) if isinstance(opt.get('dist_params'), dict) else {}
 
 
 def resolve_relative_paths(opt, root_path):
@@ -63,6 +70,10 @@ def run_pipeline(pipeline, root_path):
     parse_options = pipeline.__globals__['parse_options']
 
     def parse_and_check(*args, **kwargs):
+        raw = _raw_options_from_argv(sys.argv[1:])
+        if raw is not None:  # parse_options itself dies with a KeyError on a missing or misspelt section
+            check_schema(raw, is_train=kwargs.get('is_train', args[1] if len(args) > 1 else True),
+                         warn=lambda line: None)  # warned once, after parsing
         opt, parsed = parse_options(*args, **kwargs)
         resolve_relative_paths(opt, root_path)
         check_options(opt)

@@ -105,7 +105,8 @@ def check_dataset(dataset_opt, phase, scale):
 
 
 def check_options(opt):
-    """Check the registered types, data paths and sizes of a parsed basicsr options dict.
+    """Check the keys and their types (:mod:`acla_basicsr.utils.options_schema`), the registered types, data
+    paths and sizes of a parsed basicsr options dict.
 
     Args:
         opt (dict): Options returned by ``basicsr.utils.options.parse_options``.
@@ -113,6 +114,8 @@ def check_options(opt):
     Raises:
         OptionError: naming the first wrong option and how to fix it.
     """
+    from acla_basicsr.utils.options_schema import check_schema
+    check_schema(opt)  # unknown, missing and mistyped keys first (acla_basicsr/utils/options_schema.py)
     _require_registered(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
     scale = opt.get('scale', 1)
     if not isinstance(scale, int) or scale < 1:
