@@ -112,9 +112,7 @@ class ACLASearchModel(RestorationModel):
         self.lq, self.gt = lq, gt
         self.output = self.net_g(lq)
         loss_dict = self.compute_losses(current_iter)
-        sum(loss_dict.values()).backward()
-        for optimizer in optimizers:
-            optimizer.step()
+        self.backward_and_step(loss_dict, optimizers, current_iter)  # with RestorationModel's divergence guard
         return loss_dict
 
     def optimize_parameters(self, current_iter):
