@@ -114,6 +114,26 @@ class DegradedImageDataset(data.Dataset):
         return sorted(v for v in os.listdir(folder) if v.lower().endswith(IMG_EXTENSIONS))
 
     @staticmethod
+    def image_sizes(opt):
+        """(height, width) of every GT image, from an LMDB's meta_info.txt or each file's header (no decoding),
+        so that the option checks compare ``gt_size`` and the batch size with the data."""
+        from PIL import Image
+
+        from acla_basicsr.data.prepare_util import read_meta_info
+        if opt['io_backend']['type'] == 'lmdb':
+            return [shape[:2] for _, shape in read_meta_info(opt['dataroot_gt'])]
+        sizes = []
+        for name in DegradedImageDataset.list_images(opt):
+            path = osp.join(opt['dataroot_gt'], name)
+            try:
+                with Image.open(path) as img:
+                    sizes.append(img.size[::-1])
+            except Exception:
+                raise OptionError(f"datasets.{opt.get('phase', '?')}: cannot read {path}; replace or remove the "
+                                  'file.') from None
+        return sizes
+
+    @staticmethod
     def degradation_options(opt):
         """The ``degradation`` option with the defaults of its type filled in."""
         degradation = dict(opt['degradation'])
