@@ -18,6 +18,7 @@ Options (``train.divergence``, all optional):
 import glob
 import math
 import os.path as osp
+import statistics
 from collections import deque
 
 import torch
@@ -79,7 +80,7 @@ class DivergenceGuard:
             return f'the gradient of {bad[0]} is {bad[1]} at iteration {current_iter}'
         total = float(sum(v.detach().float().sum() for v in loss_dict.values() if torch.is_tensor(v)))
         if self.spike_factor is not None and len(self.recent) == self.recent.maxlen:
-            median = sorted(self.recent)[len(self.recent) // 2]
+            median = statistics.median(self.recent)
             if total > self.spike_factor * median:
                 return (f'loss is {total:.4g} at iteration {current_iter}, {total / median:.1f}x its running '
                         f'median {median:.4g} (train.divergence.spike_factor: {self.spike_factor:g})')
