@@ -102,6 +102,7 @@ def test_unknown_key_suggests_the_nearest(opt, section, key, expected):
     ('datasets.train.batch_size_per_gpu', True, "datasets.train: missing required option 'batch_size_per_gpu'."),
     ('network_g.num_in_ch', True, "network_g: missing required option 'num_in_ch'."),
     ('path', False, "options: missing required option 'path'."),
+    ('val.save_img', False, "val: missing required option 'save_img'."),
 ])
 def test_missing_required_key_is_named(opt, key, is_train, expected):
     del_key(opt, key)

@@ -168,7 +168,9 @@ def check_options(opt):
         OptionError: naming the first wrong option and how to fix it.
     """
     from acla_basicsr.utils.options_schema import check_schema
-    check_schema(opt)  # unknown, missing and mistyped keys first (acla_basicsr/utils/options_schema.py)
+    # unknown and mistyped keys first (acla_basicsr/utils/options_schema.py); the launcher checked the required
+    # ones in the file before basicsr parsed it
+    check_schema(opt, required=False)
     _require_registered(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
     scale = opt.get('scale', 1)
     if not isinstance(scale, int) or scale < 1:

@@ -103,7 +103,8 @@ REQUIRED = {
               'logger': ('print_freq', 'save_checkpoint_freq', 'use_tb_logger'),
               'datasets.train': ('name', 'type', 'batch_size_per_gpu', 'num_worker_per_gpu'),
               'datasets.*': ('name', 'type')},
-    'test': {'': ('name', 'model_type', 'num_gpu', 'datasets', 'path', 'network_g'),
+    'test': {'': ('name', 'model_type', 'num_gpu', 'datasets', 'path', 'network_g', 'val'),
+             'val': ('save_img', ),
              'datasets.*': ('name', 'type')},
 }
 
@@ -254,10 +255,10 @@ def extra_option_keys(cls, section=None):
 class SchemaChecker:
     """Walks one options dict; see the module docstring. ``warn`` receives the unknown keys that are allowed."""
 
-    def __init__(self, opt, is_train, warn=None):
+    def __init__(self, opt, is_train, warn=None, required=True):
         self.opt = opt
         self.is_train = is_train
-        self.required = REQUIRED['train' if is_train else 'test']
+        self.required = REQUIRED['train' if is_train else 'test'] if required else {}
         allow = opt.get('allow_unknown_options')
         check_value(allow, KNOWN_KEYS['']['allow_unknown_options'], 'allow_unknown_options')
         self.allow_all = allow is True
@@ -341,7 +342,7 @@ class SchemaChecker:
             model_cls = MODEL_REGISTRY.get(opt['model_type'])
         top = dict(KNOWN_KEYS[''], **{'network_g': 'dict', 'network_d': 'dict', 'network_*': 'dict'})
         top.update(extra_option_keys(model_cls, '') if model_cls else {})
-        self.check_section(opt, top, '', required=self.required[''])
+        self.check_section(opt, top, '', required=self.required.get('', ()))
         for key in [k for k in opt if str(k).startswith('network_')]:
             self.check_network(opt[key], key)
         for name in ('train', 'val', 'logger', 'path', 'dist_params'):
@@ -437,7 +438,7 @@ class SchemaChecker:
         self.check_section(dataset_opt, known, where, required=required, open_ended=open_ended)
 
 
-def check_schema(opt, is_train=None, warn=None):
+def check_schema(opt, is_train=None, warn=None, required=True):
     """Check the keys and value types of an options dict (raw YAML or parsed by basicsr).
 
     Args:
@@ -445,10 +446,12 @@ def check_schema(opt, is_train=None, warn=None):
         is_train (bool | None): Whether a training run reads them. Default: ``opt['is_train']``, else True.
         warn (callable | None): Called with one line per unknown key that ``allow_unknown_options`` allows.
             Default: print ``warning: ...`` to stderr.
+        required (bool): Whether to require the keys of :data:`REQUIRED` (the launcher checks them in the
+            options file before basicsr parses it; ``check_options`` also serves partial dicts). Default: True.
 
     Raises:
         OptionError: naming the first unknown, missing or mistyped key.
     """
     if is_train is None:
         is_train = opt.get('is_train', True) if isinstance(opt, dict) else True
-    SchemaChecker(opt, is_train, warn).check()
+    SchemaChecker(opt, is_train, warn, required).check()
