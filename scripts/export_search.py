@@ -36,6 +36,7 @@ def export_from_checkpoint(opt_path, checkpoint, out_dir=None, iteration=None, p
         raise OptionError(f'-opt: {opt_path} does not exist; give the search config the checkpoint was trained with.')
     with open(opt_path) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
+    opt.setdefault('root_path', ROOT)  # relative paths (train.search.final_config) are the repository's
     search = check_search_options(opt)
     if not osp.isfile(checkpoint):
         raise OptionError(f'--checkpoint: {checkpoint} does not exist; give a net_g_*.pth of the search.')

@@ -39,7 +39,8 @@ def test_expected_macs_equal_counted_macs_for_hard_gates(cls, final, kwargs):
     candidates = net.insert_positions
     subsets = [[], [candidates[0]], [candidates[-1]], candidates, candidates[1::2], [candidates[0], candidates[-1]]]
     for positions in subsets:
-        expected = net.expected_attention_macs(*size, [float(p in positions) for p in candidates]).item()
+        expected = net.expected_attention_macs(*size, [float(p in positions) for p in candidates], key_gates=False,
+                                               aggregation=False).item()
         opt = net.final_network_opt(positions)
         assert ARCH_REGISTRY.get(opt.pop('type')) is final
         counted = counted_macs(lambda: final(**opt), *size) - backbone
@@ -146,7 +147,9 @@ def search_options(root, lam, total_iter, network=None, **search):
 
 
 def run_search(opt, data, start=1, stop=None, seed=0, model=None):
-    model = model or build_model(opt)
+    if model is None:
+        torch.manual_seed(seed)  # the same initial weights for every fresh model of a test
+        model = build_model(opt)
     stop = stop or opt['train']['total_iter']
     batches = list(toy_batches(data, stop, seed=seed))
     for it in range(start, stop + 1):
@@ -189,7 +192,7 @@ def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path
         assert result['positions'] == [1, 2, 3]
         assert min(probs) > 0.8  # rose from sigmoid(1.0) = 0.73: the search found them useful
     else:
-        assert result['positions'] == [] and max(probs) < 0.1
+        assert result['positions'] == [] and max(probs) < 0.3  # from sigmoid(1.0) = 0.73
         config = yaml.safe_load(open(tmp_path / CONFIG_FILE))
         assert config['network_g']['attention'] == 'none' and config['network_g']['insert_positions'] == []
     if mode == 'alternate':
@@ -218,10 +221,9 @@ def test_resume_continues_temperature_logits_and_their_optimizer(tmp_path, data)
     run_search(resumed_opt, data, 5, 8, model=resumed)
     assert net.position_temperature == pytest.approx(search_temperature(resumed.search, 8))
     assert net.position_temperature == pytest.approx(0.5)
-    # the same as without interruption (up to float noise that Adam amplifies while gradients are ~0: a
-    # restart with fresh optimizer state or temperature would be off by whole steps of lr = 0.05)
+    # the same as without interruption: same initial weights, gate noise and batches, restored optimizers
     torch.testing.assert_close(net.arch_logits.detach(), straight.get_bare_model(straight.net_g).arch_logits.detach(),
-                               rtol=0, atol=2e-3)
+                               rtol=0, atol=1e-6)
     assert (net.arch_logits.detach() - logits4).abs().min() > 0.05
 
 

@@ -32,8 +32,10 @@ class ACLAEDSR(CrossLayerAttentionMixin, EDSR):
             Default: (3, 12, 26, 31, 32) (Table 9, SR).
         num_keys (int | None): Keys K per key layer (CLA) or their maximum (ACLA); None: the paper's, 8 for
             'cla' (Table 7) and 16 for 'acla' (Table 8). Default: None.
-        temperature (float): Temperature of ACLA's relaxed key gates in training. Default: 1.0.
-        straight_through (bool): Hard ACLA gates in the training forward pass too. Default: False.
+        temperature (float): Initial temperature of the relaxation of ACLA's key gates in training (annealed
+            by ``train.gate_temperature`` of RestorationModel). Default: 1.0.
+        straight_through (bool): Hard ACLA key gates in the training forward pass with the relaxed gradient
+            (a closed key contributes nothing, as in evaluation); false: relaxed gates. Default: True.
         nl_reduction (int): Channel reduction C / C' of the NL / CLNL embeddings. Default: 1 (the MACs of
             Table 4 fit full-width embeddings, see docs/cla_acla.md).
         max_memory_mb (float): Approximate memory budget (MiB) of one attention step; larger key sets or
@@ -53,11 +55,14 @@ class ACLAEDSR(CrossLayerAttentionMixin, EDSR):
                  insert_positions=(3, 12, 26, 31, 32),
                  num_keys=None,
                  temperature=1.0,
-                 straight_through=False,
+                 straight_through=True,
                  nl_reduction=1,
                  max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         positions, num_keys = check_attention_args(attention, insert_positions, num_block, 'num_block', num_keys,
                                                    temperature, upscale)
         super().__init__(num_in_ch, num_out_ch, num_feat, num_block, upscale, res_scale, img_range, (0, 0, 0))
+        self.backbone_kwargs = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, num_block=num_block,
+                                    upscale=upscale, res_scale=res_scale, img_range=img_range,
+                                    rgb_mean=None if rgb_mean is None else [float(v) for v in rgb_mean])
         self._build_attention(num_in_ch, num_out_ch, num_feat, img_range, rgb_mean, attention, positions, num_keys,
                               temperature, straight_through, nl_reduction, max_memory_mb)

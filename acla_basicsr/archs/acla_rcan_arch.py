@@ -31,8 +31,10 @@ class ACLARCAN(CrossLayerAttentionMixin, RCAN):
         insert_positions (list[int]): 1-indexed residual groups followed by an attention module, increasing.
             Default: (1, 3, 5, 9) (Table 9, SR).
         num_keys (int | None): Keys per key layer; None: 8 for 'cla', 16 for 'acla'. Default: None.
-        temperature (float): Temperature of ACLA's relaxed key gates in training. Default: 1.0.
-        straight_through (bool): Hard ACLA gates in the training forward pass too. Default: False.
+        temperature (float): Initial temperature of the relaxation of ACLA's key gates in training (annealed
+            by ``train.gate_temperature`` of RestorationModel). Default: 1.0.
+        straight_through (bool): Hard ACLA key gates in the training forward pass with the relaxed gradient
+            (a closed key contributes nothing, as in evaluation); false: relaxed gates. Default: True.
         nl_reduction (int): Channel reduction C / C' of the NL / CLNL embeddings. Default: 1.
         max_memory_mb (float): Approximate memory budget (MiB) of one attention step. Default: 1024.
     """
@@ -52,12 +54,16 @@ class ACLARCAN(CrossLayerAttentionMixin, RCAN):
                  insert_positions=(1, 3, 5, 9),
                  num_keys=None,
                  temperature=1.0,
-                 straight_through=False,
+                 straight_through=True,
                  nl_reduction=1,
                  max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         positions, num_keys = check_attention_args(attention, insert_positions, num_group, 'num_group', num_keys,
                                                    temperature, upscale)
         super().__init__(num_in_ch, num_out_ch, num_feat, num_group, num_block, squeeze_factor, upscale, res_scale,
                          img_range, (0, 0, 0))
+        self.backbone_kwargs = dict(num_in_ch=num_in_ch, num_out_ch=num_out_ch, num_feat=num_feat, num_group=num_group,
+                                    num_block=num_block, squeeze_factor=squeeze_factor, upscale=upscale,
+                                    res_scale=res_scale, img_range=img_range,
+                                    rgb_mean=None if rgb_mean is None else [float(v) for v in rgb_mean])
         self._build_attention(num_in_ch, num_out_ch, num_feat, img_range, rgb_mean, attention, positions, num_keys,
                               temperature, straight_through, nl_reduction, max_memory_mb)

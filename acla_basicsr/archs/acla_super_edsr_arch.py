@@ -29,7 +29,8 @@ class ACLASuperEDSR(PositionSearchMixin, ACLAEDSR):
         num_keys (int): Maximum keys K per key layer of the ACLA modules. Default: 16 (paper Table 8).
         temperature (float): Temperature of ACLA's relaxed per-key gates (not of the position gates).
             Default: 1.0.
-        straight_through (bool): Hard per-key ACLA gates in training too. Default: False.
+        straight_through (bool): Hard per-key ACLA gates in the training forward pass (relaxed gradient);
+            false: relaxed gates. Default: True.
         position_logit_init (float): Initial architecture logit of every candidate. Default: 2.0
             (P(open) = 0.88: the search starts from the full supernet).
         max_memory_mb (float): Memory budget of the key sampling in MiB (see CrossLayerAttention). Default: 1024.
@@ -47,7 +48,7 @@ class ACLASuperEDSR(PositionSearchMixin, ACLAEDSR):
                  candidates=None,
                  num_keys=16,
                  temperature=1.0,
-                 straight_through=False,
+                 straight_through=True,
                  position_logit_init=POSITION_LOGIT_INIT,
                  max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         positions = check_candidates(candidates, num_block, 'num_block')

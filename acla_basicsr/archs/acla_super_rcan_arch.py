@@ -27,7 +27,8 @@ class ACLASuperRCAN(PositionSearchMixin, ACLARCAN):
         candidates (list[int] | None): 1-indexed groups followed by a candidate; None: every group. Default: None.
         num_keys (int): Maximum keys K per key layer of the ACLA modules. Default: 16 (paper Table 8).
         temperature (float): Temperature of ACLA's relaxed per-key gates. Default: 1.0.
-        straight_through (bool): Hard per-key ACLA gates in training too. Default: False.
+        straight_through (bool): Hard per-key ACLA gates in the training forward pass (relaxed gradient);
+            false: relaxed gates. Default: True.
         position_logit_init (float): Initial architecture logit of every candidate. Default: 2.0.
         max_memory_mb (float): Memory budget of the key sampling in MiB (see CrossLayerAttention). Default: 1024.
     """
@@ -46,7 +47,7 @@ class ACLASuperRCAN(PositionSearchMixin, ACLARCAN):
                  candidates=None,
                  num_keys=16,
                  temperature=1.0,
-                 straight_through=False,
+                 straight_through=True,
                  position_logit_init=POSITION_LOGIT_INIT,
                  max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         positions = check_candidates(candidates, num_group, 'num_group')

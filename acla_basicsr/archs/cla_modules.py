@@ -21,10 +21,19 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   gather was 2.5x faster forward + backward on CPU in benchmarks/bench_cla_sampling.py). Offsets use
   deform_conv2d's layout: (dy, dx) pairs, key-major. Above ``max_memory_mb`` the keys are processed in
   chunks, each recomputed in backward (activation checkpointing), so memory stays bounded in training.
-- ACLA adds a gate per key, predicted from the query: a relaxed binary gate (Gumbel-sigmoid, i.e. binary
-  concrete, with a temperature) in training, a hard gate ``logit > 0`` in evaluation. The softmax weights
-  are renormalised over the open keys, ``w * z / max(sum(w * z), eps)``, so a closed key gets exactly zero
-  weight and a query whose keys are all closed gets a zero update (the module is an identity there).
+- ACLA adds a gate per key, predicted from the query: a binary gate sampled with logistic noise in training
+  (``z = [g + log u - log(1 - u) > 0]``, open with probability sigmoid(g)), straight-through with the
+  gradient of its Gumbel-sigmoid relaxation at a temperature that the model anneals, and ``z = [g > 0]`` in
+  evaluation. The gates multiply the softmax weights and are *not* renormalised: a closed key contributes
+  nothing, in training as in evaluation, and the output depends on the absolute gate level (renormalising
+  ``w * z / sum(w * z)`` cancels a common shift of the gate logits, so training could not learn how many keys
+  to keep). A query whose keys are all closed gets a zero update (the module is an identity there).
+- Key layers removed by ``layer_weights`` (the insert-position supernet) are masked before the softmax, in log
+  space (``a + log(lw)``, ``-inf`` where lw = 0), so a hard selection computes exactly the network without them.
+- MACs: every open key costs its offsets and logit (3 C per pixel) and its aggregation (4 C, the bilinear
+  corners); the gate logits of all K keys are computed to know which keys are open. :meth:`CrossLayerAttention.macs`
+  counts them for a given number of open keys, :meth:`AdaptiveCrossLayerAttention.expected_macs` as a
+  differentiable expectation for the MAC penalty of training and search.
 """
 import torch
 from torch import nn as nn
@@ -33,8 +42,8 @@ from torch.utils.checkpoint import checkpoint
 
 # Default memory budget of one attention step (MiB): above it keys or queries are processed in chunks.
 DEFAULT_MAX_MEMORY_MB = 1024
-# Floor of the sum of the kept weights when renormalising: all keys closed gives zero weights, not NaN.
-RENORM_EPS = 1e-12
+# Smallest key-layer weight taken to the log (the gradient through log(0) would be NaN); an exact 0 is -inf.
+LOG_FLOOR = 1e-30
 # Approximate bytes per element in forward + backward (measured with a fresh-process peak-RSS probe):
 # a gathered (key, corner, pixel) entry: indices, corner weights and their intermediates;
 _BYTES_PER_GATHER_ENTRY = 100
@@ -215,6 +224,7 @@ class CrossLayerAttention(nn.Module):
     """
 
     heads_per_key = 3  # 1x1 conv output channels per key and key layer: 2 offsets + 1 logit
+    gated_heads_per_key = 3  # of which a closed key does not need (its offsets and logit)
 
     def __init__(self, num_feat, num_key_layers, num_keys=8, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__()
@@ -241,18 +251,21 @@ class CrossLayerAttention(nn.Module):
         return None
 
     def key_weights(self, x, layer_weights=None):
-        """Weights of the K*L keys of every query pixel: (B, L, K, H, W), summing to at most 1."""
+        """Weights of the K*L keys of every query pixel: (B, L, K, H, W), summing to at most 1.
+
+        ``softmax_{l,k}(a_{lk} + log lw_l) * z_{lk}``: the key-layer weights ``lw`` (supernet) enter in log space
+        before the softmax, the key gates ``z`` (ACLA) multiply after it, without renormalisation.
+        """
         b, _, h, w = x.shape
-        weights = self.logit(x).view(b, -1, h, w).softmax(1).view(b, self.num_key_layers, self.num_keys, h, w)
-        mask = self.key_mask(x)
+        logits = self.logit(x).view(b, self.num_key_layers, self.num_keys, h, w)
         if layer_weights is not None:
             layer_weights = torch.as_tensor(layer_weights, dtype=x.dtype, device=x.device)
             layer_weights = layer_weights.reshape(-1, self.num_key_layers, 1, 1, 1)
-            mask = layer_weights if mask is None else mask * layer_weights
-        if mask is None:
-            return weights
-        weights = weights * mask
-        return weights / weights.sum((1, 2), keepdim=True).clamp_min(RENORM_EPS)
+            masked = torch.log(layer_weights.clamp_min(LOG_FLOOR))
+            logits = logits + torch.where(layer_weights > 0, masked, torch.full_like(masked, float('-inf')))
+        weights = logits.view(b, -1, h, w).softmax(1).view(b, self.num_key_layers, self.num_keys, h, w)
+        mask = self.key_mask(x)
+        return weights if mask is None else weights * mask
 
     def forward(self, x, key_layers, layer_weights=None):
         """Attend from the query ``x`` to K keys in each of ``key_layers``.
@@ -260,9 +273,9 @@ class CrossLayerAttention(nn.Module):
         Args:
             x (Tensor): (B, C, H, W) query feature.
             key_layers (list[Tensor]): L key layers, each (B, C, H, W).
-            layer_weights (Tensor | None): (L,) or (B, L) multipliers of each key layer's keys, the softmax
-                being renormalised over what they keep (for the insert-position supernet: 0 removes a
-                layer, 1 keeps it). Default: None.
+            layer_weights (Tensor | None): (L,) or (B, L) weights of each key layer's keys, applied before the
+                softmax in log space (for the insert-position supernet: 0 removes a layer exactly, 1 keeps it).
+                Default: None.
 
         Returns:
             Tensor: (B, C, H, W), ``x`` plus the attention update.
@@ -282,8 +295,10 @@ class CrossLayerAttention(nn.Module):
 
         Counted: the 1x1 convs (value projections, offsets, logits, gates, output projection). Not counted
         by the flop counter: the key aggregation (``F.embedding_bag`` over the 4 bilinear corners of every
-        key, 4 MACs per channel per key), softmax, gates; ``aggregation=True`` adds the aggregation. The
-        result is linear in ``num_key_layers``: ``macs(L) = macs(0) + L * (macs(1) - macs(0))``.
+        key, 4 MACs per channel per key), softmax, gates; ``aggregation=True`` adds the aggregation.
+        With ``active_keys``, a closed key costs neither its offsets and logit (3 C per pixel) nor its
+        aggregation, as a sparse implementation computes it (ACLA Tables 6 and 8 count ACLA below CLA); the
+        gate logits of all K keys are always counted.
 
         Args:
             num_feat (int): C.
@@ -291,52 +306,63 @@ class CrossLayerAttention(nn.Module):
             num_keys (int): K.
             height (int): H of the feature maps.
             width (int): W of the feature maps.
-            aggregation (bool): Add the 4 * K * L * C * H * W MACs of the key aggregation. Default: False.
-            active_keys (float | None): Mean number of open keys per key layer, to count the aggregation of
-                the open keys only (as a sparse implementation would); None: all K. Default: None.
+            aggregation (bool): Add the 4 * C MACs per pixel of the aggregation of every open key. Default: False.
+            active_keys (float | list | Tensor | None): Mean number of open keys per key layer: one value for
+                every layer, or L values (a tensor keeps the result differentiable); None: all K. Default: None.
 
         Returns:
-            float: MACs.
+            float | Tensor: MACs.
         """
-        per_layer = num_feat * num_feat + cls.heads_per_key * num_keys * num_feat
-        if aggregation:
-            per_layer += 4 * (num_keys if active_keys is None else active_keys) * num_feat
-        return height * width * (num_feat * num_feat + num_key_layers * per_layer)
+        if active_keys is None:
+            open_keys = num_keys * num_key_layers
+        elif torch.is_tensor(active_keys):
+            open_keys = active_keys.sum() if active_keys.dim() else active_keys * num_key_layers
+        elif isinstance(active_keys, (int, float)):
+            open_keys = active_keys * num_key_layers
+        else:
+            open_keys = sum(active_keys)
+        per_layer = num_feat * num_feat + (cls.heads_per_key - cls.gated_heads_per_key) * num_keys * num_feat
+        per_open_key = (cls.gated_heads_per_key + (4 if aggregation else 0)) * num_feat
+        return height * width * (num_feat * num_feat + num_key_layers * per_layer + open_keys * per_open_key)
 
 
 class AdaptiveCrossLayerAttention(CrossLayerAttention):
     """Adaptive Cross-Layer Attention (ACLA), ACLA paper Sec. 3.2 and Table 8: CLA with a learned gate per key.
 
-    A 1x1 conv predicts one gate logit g per key from the query. Training: relaxed binary gate
-    ``z = sigmoid((g + log u - log(1 - u)) / temperature)``, u ~ U(0, 1) (Gumbel-sigmoid); with
-    ``straight_through`` the forward pass uses the hard sample ``z > 0.5`` and the backward pass the relaxed
-    gradient. Evaluation: ``z = [g > 0]``, deterministic. The softmax weights are renormalised over the
-    open keys (closed keys get zero weight; all closed gives a zero update).
+    A 1x1 conv (``gate``) predicts one gate logit g per key from the query; the key is open with probability
+    sigmoid(g). Training: ``z = [g + log u - log(1 - u) > 0]``, u ~ U(0, 1), a hard binary sample in the
+    forward pass whose backward pass is the gradient of its relaxation ``sigmoid((g + log u - log(1 - u)) / t)``
+    (straight-through Gumbel-sigmoid; with ``straight_through=False`` the relaxed value itself is used, a
+    binary concrete gate). Evaluation: ``z = [g > 0]``. The gates multiply the softmax weights without
+    renormalisation, so a closed key contributes nothing and shifting every gate logit changes the training
+    output as it changes the evaluation output (:meth:`CrossLayerAttention.key_weights`).
 
-    The mean number of open keys per key layer of the last forward pass is kept in :attr:`last_active_keys`
-    ((L,) tensor, detached); in training, the mean of -log P(key closed) = softplus(g) is kept in
-    :attr:`open_cost` (a scalar in the graph) for ``ACLAKeySparsityLoss``.
+    Observable after each forward pass: :attr:`last_active_keys` ((L,) mean number of open keys per key layer,
+    detached) and :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g), differentiable in training: the
+    expectation the MAC penalty uses). Evaluation passes also accumulate the open keys until
+    :meth:`reset_key_stats` (:meth:`measured_active_keys`), for the effective MACs of a trained network.
 
     Args:
         num_feat (int): Channel number C.
         num_key_layers (int): Number L of key layers.
         num_keys (int): Maximum number K of keys per key layer. Default: 16 (the paper's ACLA, Table 8).
-        temperature (float): Temperature of the relaxed gates; a settable attribute. Default: 1.0.
-        straight_through (bool): Hard gates in the training forward pass too. Default: False.
+        temperature (float): Temperature of the relaxation in training (annealed by ``train.gate_temperature``
+            of RestorationModel); a settable attribute. Default: 1.0.
+        straight_through (bool): Hard gates in the training forward pass, relaxed gradient. Default: True.
         max_memory_mb (float): Memory budget of the key sampling, see :class:`CrossLayerAttention`.
             Default: 1024.
     """
 
     # Initial gate logit: sigmoid(2) = 88 % of the keys open at the start of training.
     gate_bias_init = 2.0
-    heads_per_key = 4  # 2 offsets + 1 logit + 1 gate
+    heads_per_key = 4  # 2 offsets + 1 logit + 1 gate; the gate is computed for every key
 
     def __init__(self,
                  num_feat,
                  num_key_layers,
                  num_keys=16,
                  temperature=1.0,
-                 straight_through=False,
+                 straight_through=True,
                  max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__(num_feat, num_key_layers, num_keys, max_memory_mb)
         self.temperature = temperature
@@ -345,7 +371,8 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, self.gate_bias_init)
         self.last_active_keys = None
-        self.open_cost = None
+        self.expected_open_keys = None
+        self.reset_key_stats()
 
     @property
     def temperature(self):
@@ -366,13 +393,53 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
             gates = torch.sigmoid(noisy / self.temperature)
             if self.straight_through:
                 gates = (noisy > 0).to(gates) + (gates - gates.detach())  # exactly hard in forward
-            # -log P(key closed) = softplus(g) under logistic noise, for ACLAKeySparsityLoss: unlike
-            # P(open) = sigmoid(g), its gradient sigmoid(g) does not vanish for confidently open keys
-            self.open_cost = F.softplus(logits).mean()
         else:
             gates = (logits > 0).to(logits)
-        self.last_active_keys = gates.detach().sum(2).mean((0, 2, 3))
+        self.expected_open_keys = torch.sigmoid(logits).sum(2).mean((0, 2, 3))
+        active = gates.detach().sum(2)
+        self.last_active_keys = active.mean((0, 2, 3))
+        if not self.training:
+            self._key_sum = self._key_sum.to(active) + active.sum((0, 2, 3))
+            self._key_count += active[:, 0].numel()
         return gates
+
+    def reset_key_stats(self):
+        """Forget the open keys accumulated by evaluation passes."""
+        self._key_sum, self._key_count = torch.zeros(self.num_key_layers), 0
+
+    def measured_active_keys(self):
+        """Mean open keys per key layer over the pixels of every evaluation pass since :meth:`reset_key_stats`.
+
+        Returns:
+            list[float] | None: L values, or None when no evaluation pass has run.
+        """
+        return (self._key_sum / self._key_count).tolist() if self._key_count else None
+
+    def expected_macs(self, height, width, layer_probs=None, aggregation=True):
+        """Expected MACs of this module at (height, width) under its gates of the last forward pass.
+
+        ``HW (C^2 + sum_l P_l (C^2 + K C + n_l (3 + 4) C))`` with ``n_l`` = :attr:`expected_open_keys` (the keys
+        of layer l open in expectation, differentiable in the gate logits) and ``P_l`` the probability that
+        key layer l exists (supernet; 1 by default). Before any forward pass every key counts as open.
+
+        Args:
+            height (int): Feature height.
+            width (int): Feature width.
+            layer_probs (Tensor | None): (L,) probabilities of the key layers. Default: None (all 1).
+            aggregation (bool): Count the aggregation of the open keys (4 C each). Default: True.
+
+        Returns:
+            Tensor: scalar MACs (float64).
+        """
+        open_keys = self.expected_open_keys
+        if open_keys is None:
+            open_keys = torch.full((self.num_key_layers, ), float(self.num_keys))
+        open_keys = open_keys.to(torch.float64)
+        probs = torch.ones_like(open_keys) if layer_probs is None else torch.as_tensor(layer_probs).to(open_keys)
+        c, k = self.num_feat, self.num_keys
+        per_layer = c * c + (self.heads_per_key - self.gated_heads_per_key) * k * c
+        per_open_key = (self.gated_heads_per_key + (4 if aggregation else 0)) * c
+        return height * width * (c * c + (probs * (per_layer + open_keys * per_open_key)).sum())
 
 
 class NonLocalAttention(nn.Module):

@@ -7,6 +7,8 @@ plain EDSR/RCAN weights load into the backbone with ``strict=False`` (only ``att
 import torch
 from torch import nn as nn
 
+from basicsr.utils.registry import ARCH_REGISTRY
+
 from .cla_modules import (AdaptiveCrossLayerAttention, CrossLayerAttention, CrossLayerNonLocalAttention,
                           NonLocalAttention)
 
@@ -151,10 +153,89 @@ class CrossLayerAttentionMixin:
                 for position, layers in self.active_keys().items() for name, value in layers.items()}
 
     def set_temperature(self, temperature):
-        """Set the gate temperature of every ACLA module (e.g. for annealing)."""
+        """Set the gate temperature of every ACLA module (RestorationModel's ``train.gate_temperature`` schedule)."""
         for module in self.attention:
             if hasattr(module, 'temperature'):
                 module.temperature = temperature
+
+    def reset_key_stats(self):
+        """Forget the open keys that evaluation passes accumulated (see :meth:`measured_active_keys`)."""
+        for module in self.attention:
+            if hasattr(module, 'reset_key_stats'):
+                module.reset_key_stats()
+
+    def measured_active_keys(self):
+        """Mean open keys per key layer over every evaluation pass since :meth:`reset_key_stats`.
+
+        Returns:
+            dict: ``{position: [open keys of each key layer]}`` for the ACLA modules that have been evaluated.
+        """
+        result = {}
+        for position, module in zip(self.insert_positions, self.attention):
+            measured = module.measured_active_keys() if hasattr(module, 'measured_active_keys') else None
+            if measured is not None:
+                result[position] = measured
+        return result
+
+    def backbone_macs(self, height, width):
+        """MACs of the backbone alone (this network without attention) at a (height, width) input.
+
+        Counted with torch's flop counter on the meta device (SPEC section 2) and cached.
+        """
+        cache = self.__dict__.setdefault('_backbone_macs', {})
+        if (height, width) not in cache:
+            from .supernet import counted_macs
+            cls = ARCH_REGISTRY.get(getattr(self, 'final_arch_type', None) or type(self).__name__)
+            cache[(height, width)] = counted_macs(
+                lambda: cls(**self.backbone_kwargs, attention='none', insert_positions=[]), height, width,
+                self.backbone_kwargs['num_in_ch'])
+        return cache[(height, width)]
+
+    def expected_attention_macs(self, height, width):
+        """Expected MACs of the attention modules under the key gates of the last forward pass (differentiable).
+
+        The MAC term of RestorationModel's ``train.macs_penalty``: every open key costs its offsets, logit and
+        aggregation (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other
+        attention types cost their dense MACs with the aggregation of all their keys.
+
+        Args:
+            height (int): Feature (= LR input) height.
+            width (int): Feature width.
+
+        Returns:
+            Tensor: scalar MACs (float64).
+        """
+        total = torch.zeros((), dtype=torch.float64)
+        for index, module in enumerate(self.attention):
+            if hasattr(module, 'expected_macs'):
+                total = total + module.expected_macs(height, width)
+            else:
+                total = total + type(module).macs(module.num_feat, index + 1, self.num_keys, height, width,
+                                                  aggregation=True, reduction=getattr(module, 'reduction', 1))
+        return total
+
+    def effective_macs(self, height, width):
+        """MACs of the whole network with the open keys measured by evaluation passes (flop-counter convention).
+
+        The backbone as torch's flop counter counts it, plus each attention module with its measured open keys
+        (:meth:`measured_active_keys`; a closed key computes neither offsets nor logit; all keys of modules not
+        yet evaluated). The key aggregation is not counted, as the counter does not count it, so a network
+        whose keys are all open gives exactly the counter's total (the 'MACs' column of the ACLA tables).
+
+        Args:
+            height (int): LR input height.
+            width (int): LR input width.
+
+        Returns:
+            float: MACs.
+        """
+        measured = self.measured_active_keys()
+        total = self.backbone_macs(height, width)
+        for index, (position, module) in enumerate(zip(self.insert_positions, self.attention)):
+            total += float(type(module).macs(module.num_feat, index + 1, self.num_keys, height, width,
+                                             active_keys=measured.get(position),
+                                             reduction=getattr(module, 'reduction', 1)))
+        return total
 
     def attention_macs(self, height, width, aggregation=False, active_keys=None):
         """MACs of all attention modules at a (height, width) feature map (by default as torch's counter counts).

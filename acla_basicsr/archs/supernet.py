@@ -11,25 +11,28 @@ The ACLA paper reports only the outcome of its insert-position search (Table 9);
   ``tau`` is :attr:`position_temperature`, annealed by the search model. With
   :attr:`position_straight_through` the forward pass uses the hard sample ``[z_p > 0.5]`` and the backward
   pass the relaxed gradient.
-- Evaluation: deterministic hard gates ``[sigmoid(alpha_p) > 0.5]``; closed candidates are skipped, so the
-  supernet in eval mode computes what the final network with the open positions computes (up to the value
-  projections of closed key layers, which get zero weight).
+- Evaluation: deterministic hard gates ``[sigmoid(alpha_p) > 0.5]``; closed candidates are skipped and their
+  key layers masked out before the softmax, so the supernet in eval mode computes exactly what the final
+  network with the open positions computes with :meth:`PositionSearchMixin.final_state_dict` (tested).
 - Candidate p's query is the feature after its block; its key layers are the head feature (weight 1) and
   the features at the earlier candidates q < p (before their attention), each weighted by ``z_q`` through
-  the module's ``layer_weights`` (the softmax over keys is renormalised over what the weights keep). Its
-  output is ``x + z_p * attention(x)``. A closed position (z = 0) is therefore neither a query nor a key.
-- Expected added MACs (:meth:`PositionSearchMixin.expected_attention_macs`): an ACLA module with L key layers
-  costs ``macs(L) = base + L * per_layer`` (linear in L, :meth:`CrossLayerAttention.macs`), and an open
-  candidate has 1 + (number of open earlier candidates) key layers. With independent gates,
-  ``E[MACs] = sum_p P_p * (base + per_layer * (1 + sum_{q<p} P_q))``, ``P_p = sigmoid(alpha_p)``: the pairwise
-  ``P_p * P_q`` terms are the quadratic cost of cross-layer keys. For hard probabilities (0/1) this is the
-  attention MACs of the final network, as torch's flop counter counts them (tested).
+  the module's ``layer_weights``, added in log space to the key logits before the softmax (so a weight of 0
+  removes the layer exactly, however large its logits). Its output is ``x + z_p * attention(x)``. A closed
+  position (z = 0) is therefore neither a query nor a key.
+- Expected added MACs (:meth:`PositionSearchMixin.expected_attention_macs`): an open candidate has the head
+  and the open earlier candidates as key layers, and each of its keys costs MACs only when its key gate is
+  open. With independent gates, ``E[MACs] = sum_p P_p * (C^2 + sum_{l <= p} P_l * (per_layer + n_pl * per_key))``,
+  ``P_p = sigmoid(alpha_p)``, ``P_head = 1``, ``n_pl`` the expected open keys of candidate p in layer l: the
+  pairwise ``P_p * P_q`` terms are the quadratic cost of cross-layer keys, and the key gates enter the same
+  term as in the final training (RestorationModel's ``train.macs_penalty``). For 0/1 probabilities and every
+  key open this is the attention MACs of the final network as torch's flop counter counts them (tested).
 """
+from collections import OrderedDict
+
 import torch
 from torch import nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from basicsr.utils.registry import ARCH_REGISTRY
 
 from .cla_network import check_insert_positions
 
@@ -124,7 +127,6 @@ class PositionSearchMixin:
         self.arch_logits = nn.Parameter(torch.full((len(self.insert_positions), ), float(position_logit_init)))
         self.position_temperature = 1.0
         self.position_straight_through = False
-        self._backbone_macs = {}
 
     @property
     def position_temperature(self):
@@ -179,23 +181,22 @@ class PositionSearchMixin:
         return self.body[start:](feat)
 
     # ------------------------------------------------------------------ MAC model
-    def attention_macs_terms(self, height, width):
-        """(base, per_layer): an ACLA module with L key layers costs ``base + L * per_layer`` MACs at (h, w)."""
-        module = self.attention[0]
-        cls = type(module)
-        base = cls.macs(module.num_feat, 0, self.num_keys, height, width)
-        return base, cls.macs(module.num_feat, 1, self.num_keys, height, width) - base
+    def expected_attention_macs(self, height, width, probs=None, key_gates=True, aggregation=True):
+        """Expected MACs added by the candidates, differentiable in ``arch_logits`` and the key-gate logits.
 
-    def expected_attention_macs(self, height, width, probs=None):
-        """Expected MACs added by the candidates, differentiable in ``arch_logits``.
-
-        ``E = sum_p P_p * (base + per_layer * (1 + sum_{q<p} P_q))`` (module docstring), in float64.
+        ``E = sum_p P_p * m_p(P_head = 1, P_q for q < p)``, where ``m_p`` is candidate p's
+        :meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs` with each key layer
+        weighted by the probability that it exists and each key by the probability that its gate is open (from
+        the last forward pass), in float64. With ``key_gates=False, aggregation=False`` and 0/1 probabilities
+        this is the attention MACs of the final network as torch's flop counter counts them (tested).
 
         Args:
             height (int): Feature (= LR input) height.
             width (int): Feature width.
             probs (Tensor | list | None): Gate probabilities per candidate; None: sigmoid(arch_logits).
                 Default: None.
+            key_gates (bool): Count the keys open in expectation under the key gates; False: all K. Default: True.
+            aggregation (bool): Count the aggregation of the open keys (4 C each). Default: True.
 
         Returns:
             Tensor: scalar, MACs.
@@ -203,21 +204,18 @@ class PositionSearchMixin:
         if probs is None:
             probs = torch.sigmoid(self.arch_logits)
         probs = torch.as_tensor(probs).to(torch.float64)
-        base, per_layer = self.attention_macs_terms(height, width)
-        earlier = torch.cumsum(probs, 0) - probs
-        return (probs * (base + per_layer * (1 + earlier))).sum()
-
-    def backbone_macs(self, height, width):
-        """MACs of the backbone alone (the final network without attention) at a (height, width) input.
-
-        Counted with torch's flop counter on the meta device and cached.
-        """
-        if (height, width) not in self._backbone_macs:
-            cls = ARCH_REGISTRY.get(self.final_arch_type)
-            self._backbone_macs[(height, width)] = counted_macs(
-                lambda: cls(**self.backbone_kwargs, attention='none', insert_positions=[]), height, width,
-                self.backbone_kwargs['num_in_ch'])
-        return self._backbone_macs[(height, width)]
+        layer_probs = torch.cat((probs.new_ones(1), probs))
+        total = probs.new_zeros(())
+        for index, module in enumerate(self.attention):
+            saved = module.expected_open_keys
+            if not key_gates:
+                module.expected_open_keys = None
+            try:
+                total = total + probs[index] * module.expected_macs(height, width, layer_probs[:index + 1],
+                                                                    aggregation)
+            finally:
+                module.expected_open_keys = saved
+        return total
 
     # ------------------------------------------------------------------ export and logs
     def final_network_opt(self, positions):
@@ -228,6 +226,44 @@ class PositionSearchMixin:
         else:
             opt.update(attention='none', insert_positions=[])
         return opt
+
+    def final_state_dict(self, positions):
+        """The weights of the final network with ACLA at ``positions``, taken from the supernet.
+
+        The backbone's weights as they are; the m-th kept module gets the weights of its candidate, restricted to
+        the key layers that remain (the head and the kept earlier positions): their value projections and their
+        rows of the offset, logit and gate convs. In evaluation the final network with these weights computes
+        exactly what the supernet computes with the same positions open (tested).
+
+        Args:
+            positions (list[int]): Kept positions, a subset of the candidates.
+
+        Returns:
+            OrderedDict: A state dict for ``ARCH_REGISTRY.get(final_arch_type)(**final_network_opt(positions))``.
+        """
+        positions = check_insert_positions(list(positions), max(self.insert_positions), 'positions', 'none')
+        missing = sorted(set(positions) - set(self.insert_positions))
+        if missing:
+            raise ValueError(f'positions: {missing[0]} is not a candidate of this supernet {self.insert_positions}.')
+        k = self.num_keys
+        state = OrderedDict((name, value) for name, value in self.state_dict().items()
+                            if not name.startswith('attention.') and name != 'arch_logits')
+        for m, position in enumerate(positions):
+            index = self.insert_positions.index(position)
+            module = self.attention[index]
+            # key layers of candidate `index`: head (0), then candidate q at layer q + 1
+            layers = [0] + [self.insert_positions.index(p) + 1 for p in positions[:m]]
+            prefix = f'attention.{m}.'
+            for j, layer in enumerate(layers):
+                for name, value in module.value[layer].state_dict().items():
+                    state[f'{prefix}value.{j}.{name}'] = value.clone()
+            for head, per_key in (('offset', 2), ('logit', 1), ('gate', 1)):
+                conv = getattr(module, head)
+                rows = torch.cat([torch.arange(layer * k * per_key, (layer + 1) * k * per_key) for layer in layers])
+                state[f'{prefix}{head}.weight'] = conv.weight.detach()[rows].clone()
+                state[f'{prefix}{head}.bias'] = conv.bias.detach()[rows].clone()
+            state[f'{prefix}proj.weight'] = module.proj.weight.detach().clone()
+        return state
 
     def training_stats(self):
         """Logged by RestorationModel: the mean number of open keys over every candidate and key layer."""

@@ -19,11 +19,12 @@ class ACLASearchModel(RestorationModel):
 
     Trains an ``ACLASuperEDSR`` / ``ACLASuperRCAN`` supernet (:mod:`acla_basicsr.archs.supernet`) on
 
-        ``L = L_rec + lambda * E[added MACs] / backbone MACs``,
+        ``L = L_rec * (1 + lambda * E[added MACs] / backbone MACs)``
 
-    where ``E[added MACs]`` is the analytic expectation over the independent position gates (pairwise
-    cross-layer key term included) at the training LR patch size, and the backbone's MACs are counted by
-    torch's flop counter (SPEC section 2). The architecture logits have their own Adam (``train.optim_arch``,
+    (RestorationModel's MAC term; multiplicative so that lambda does not depend on the loss's scale, see
+    docs/search.md), where ``E[added MACs]`` is the analytic expectation over the independent position gates
+    (pairwise cross-layer key term included) and the key gates of the candidates, at the training LR patch
+    size, and the backbone's MACs are counted by torch's flop counter (SPEC section 2). The architecture logits have their own Adam (``train.optim_arch``,
     constant learning rate; ``optim_g`` and the scheduler drive the weights only). Options (``train.search``):
 
     - ``lambda`` (required, >= 0): weight of the MAC penalty (ACLA Table 9: 0.15 EDSR SR, 0.3 RCAN SR,
@@ -51,6 +52,9 @@ class ACLASearchModel(RestorationModel):
 
     def __init__(self, opt):
         self.search = self.check_options(opt) if opt.get('is_train') else None
+        if self.search is not None:  # RestorationModel's MAC term, with the search's lambda and size
+            self.macs_penalty = {'lambda': self.search['lambda'], 'macs_size': self.search['macs_size'],
+                                 'start_iter': 0}
         # the options before training pops optimizer and scheduler types out of them, for the export
         self.source_opt = copy.deepcopy(opt)
         self.last_iter = 0
@@ -96,16 +100,6 @@ class ACLASearchModel(RestorationModel):
     def temperature(self, current_iter):
         return search_temperature(self.search, current_iter)
 
-    def compute_losses(self, current_iter):
-        """RestorationModel's terms plus ``l_macs = lambda * E[added MACs] / backbone MACs``."""
-        terms = super().compute_losses(current_iter)
-        net = self.get_bare_model(self.net_g)
-        height, width = self.search['macs_size']
-        ratio = net.expected_attention_macs(height, width) / net.backbone_macs(height, width)
-        self.macs_ratio = ratio.item()
-        terms['l_macs'] = (self.search['lambda'] * ratio).to(self.output.dtype)
-        return terms
-
     def _step(self, current_iter, optimizers, lq, gt):
         for optimizer in (self.optimizer_g, self.optimizer_arch):
             optimizer.zero_grad()
@@ -118,6 +112,7 @@ class ACLASearchModel(RestorationModel):
     def optimize_parameters(self, current_iter):
         net = self.get_bare_model(self.net_g)
         self.last_iter = current_iter
+        schedule_stats = self.update_schedules(current_iter)
         net.position_temperature = self.temperature(current_iter)
         arch_on = current_iter > self.search['arch_start_iter']
         lq, gt = self.lq, self.gt
@@ -133,7 +128,8 @@ class ACLASearchModel(RestorationModel):
             loss_dict.update((f'{k}_arch', v) for k, v in arch_terms.items() if k != 'l_macs')
             self.lq, self.gt = lq, gt
         self.log_dict = self.reduce_loss_dict(loss_dict)
-        self.log_dict.update(net.training_stats())
+        self.log_dict.update(schedule_stats)
+        self.log_dict.update(self.step_stats())
         self.log_dict.update(self.search_stats())
 
     def search_stats(self):

@@ -8,12 +8,13 @@ from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.dist_util import master_only
-from basicsr.utils.registry import MODEL_REGISTRY
+from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from acla_basicsr.compat import atomic_torch_save
 from acla_basicsr.data.degradations import DEMOSAIC_REFERENCES
 from acla_basicsr.utils.divergence import DivergenceGuard
 from acla_basicsr.utils.resume import capture_rng_state, restore_rng_state, rng_state_for_save
+from .schedule_options import anneal, check_gate_temperature, check_macs_penalty
 
 
 def bicubic_reference(lq, scale):
@@ -46,6 +47,13 @@ class RestorationModel(SRModel):
       (the degraded input; default when scale is 1) or ``~`` for none. Subclasses and datasets
       with other degradations add entries to :attr:`reference_functions`.
 
+    - ``train.gate_temperature: {start, end, iters, mode}``: the temperature of ACLA's key-gate
+      relaxation, annealed (``exp`` or ``linear``) and set before every step on a network that has
+      ``set_temperature``; logged as ``gate_temp``.
+    - ``train.macs_penalty: {lambda, macs_size, start_iter}``: the objective becomes
+      ``L_rec * (1 + lambda * E[added MACs] / backbone MACs)`` with the expectation over the network's
+      gates (``expected_attention_macs``, e.g. ACLA's open keys); the ratio is logged as ``macs_ratio``
+      and the added term as ``l_macs`` (see :mod:`acla_basicsr.models.schedule_options`).
     - ``train.divergence``: what happens to a step whose loss or gradient is not finite (by default the
       run stops with one line and exit status 2, before a checkpoint is written), see
       :mod:`acla_basicsr.utils.divergence`.
@@ -61,6 +69,9 @@ class RestorationModel(SRModel):
     reference_functions = {'bicubic': bicubic_reference, 'input': input_reference, **DEMOSAIC_REFERENCES}
     # options this model reads beyond basicsr's, by section (acla_basicsr/utils/options_schema.py)
     extra_option_keys = {'train': {'network_opt': 'list',
+                                   'gate_temperature': {'start': 'float', 'end': 'float', 'iters': 'int',
+                                                        'mode': 'str'},
+                                   'macs_penalty': {'lambda': 'float', 'macs_size': 'int|list', 'start_iter': 'int'},
                                    'divergence': {'skip_steps': 'int', 'spike_factor': 'float', 'spike_window': 'int'}},
                          'val': {'reference': 'str'}}
 
@@ -75,9 +86,19 @@ class RestorationModel(SRModel):
         network_opt = (opt.get('train') or {}).get('network_opt') or []
         if opt.get('is_train') and not isinstance(network_opt, list):
             raise OptionError('train.network_opt: must be a list of loss options, e.g. [{type: ..., loss_weight: ..}].')
+        if opt.get('is_train'):
+            check_gate_temperature(opt)
+            if check_macs_penalty(opt) is not None:
+                net_type = (opt.get('network_g') or {}).get('type')
+                if net_type in ARCH_REGISTRY and not hasattr(ARCH_REGISTRY.get(net_type), 'expected_attention_macs'):
+                    raise OptionError(f'train.macs_penalty: network_g.type {net_type} has no expected_attention_macs '
+                                      '(ACLAEDSR, ACLARCAN and the supernets have); remove train.macs_penalty.')
 
     def init_training_settings(self):
         super().init_training_settings()
+        self.gate_temperature = check_gate_temperature(self.opt)
+        if getattr(self, 'macs_penalty', None) is None:  # the search model sets its own
+            self.macs_penalty = check_macs_penalty(self.opt)
         self.cri_network = OrderedDict()
         for loss_opt in self.opt['train'].get('network_opt') or []:
             name = loss_opt.get('name') or f"l_{loss_opt['type']}"
@@ -110,6 +131,13 @@ class RestorationModel(SRModel):
         net = self.get_bare_model(self.net_g)
         for name, loss in getattr(self, 'cri_network', {}).items():
             self._add_terms(terms, name, loss(net, current_iter))
+        penalty = getattr(self, 'macs_penalty', None)
+        if penalty is not None and current_iter > penalty['start_iter'] and terms:
+            height, width = penalty['macs_size']
+            ratio = net.expected_attention_macs(height, width) / net.backbone_macs(height, width)
+            self.macs_ratio = ratio.item()
+            rec = sum(terms.values())
+            terms['l_macs'] = rec * (penalty['lambda'] * ratio).to(rec.dtype)  # L_rec * (1 + lambda * ratio)
         return terms
 
     def backward_and_step(self, loss_dict, optimizers, current_iter):
@@ -126,15 +154,34 @@ class RestorationModel(SRModel):
         self.divergence_guard.check_weights(named, current_iter)
         return True
 
+    def update_schedules(self, current_iter):
+        """Set what depends on the iteration before a training step (the key-gate temperature); return log values."""
+        stats = OrderedDict()
+        net = self.get_bare_model(self.net_g)
+        if getattr(self, 'gate_temperature', None) and hasattr(net, 'set_temperature'):
+            schedule = self.gate_temperature
+            stats['gate_temp'] = anneal(schedule['start'], schedule['end'], schedule['iters'], current_iter,
+                                        schedule['mode'])
+            net.set_temperature(stats['gate_temp'])
+        return stats
+
+    def step_stats(self):
+        """Values that join the loss terms in the log line: the network's ``training_stats()`` and the MAC ratio."""
+        net = self.get_bare_model(self.net_g)
+        stats = OrderedDict(net.training_stats() if hasattr(net, 'training_stats') else {})
+        if getattr(self, 'macs_penalty', None) is not None and hasattr(self, 'macs_ratio'):
+            stats['macs_ratio'] = self.macs_ratio
+        return stats
+
     def optimize_parameters(self, current_iter):
+        schedule_stats = self.update_schedules(current_iter)
         self.optimizer_g.zero_grad()
         self.output = self.net_g(self.lq)
         loss_dict = self.compute_losses(current_iter)
         self.backward_and_step(loss_dict, (self.optimizer_g, ), current_iter)
         self.log_dict = self.reduce_loss_dict(loss_dict)
-        net = self.get_bare_model(self.net_g)
-        if hasattr(net, 'training_stats'):
-            self.log_dict.update(net.training_stats())
+        self.log_dict.update(schedule_stats)
+        self.log_dict.update(self.step_stats())
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 

@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 
 from acla_basicsr.utils import OptionError
+from .schedule_options import anneal, check_macs_size, default_macs_size, number
 
 SEARCH_DEFAULTS = {
     'lambda': None,  # required
@@ -25,6 +26,7 @@ SEARCH_DEFAULTS = {
     'arch_fraction': 0.5,
     'arch_start_iter': 0,
     'macs_size': None,  # default: datasets.train.gt_size // scale
+    'final_config': None,  # the task's training config whose recipe train_searched.yml takes
 }
 OPTIM_ARCH_DEFAULTS = {'type': 'Adam', 'lr': 1e-3, 'betas': [0.5, 0.999], 'weight_decay': 0}
 MODES = ('joint', 'alternate')
@@ -37,12 +39,7 @@ PARSED_KEYS = ('auto_resume', 'is_train', 'dist', 'rank', 'world_size', 'root_pa
 
 
 def _number(value, key, low=None, strict=False, integer=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        kind = 'an integer' if integer else 'a number'
-        raise OptionError(f'train.search.{key}: {value!r} is not {kind}.')
-    if low is not None and (value < low or (strict and value == low)):
-        raise OptionError(f"train.search.{key}: {value!r} must be {'>' if strict else '>='} {low}.")
-    return int(value) if integer else float(value)
+    return number(value, f'train.search.{key}', low, strict, integer)
 
 
 def check_search_options(opt):
@@ -63,7 +60,7 @@ def check_search_options(opt):
     if not isinstance(search, dict):
         raise OptionError('train.search: missing; the position search needs at least train.search.lambda '
                           '(weight of the expected added MACs / backbone MACs, e.g. 0.15 as ACLA Table 9).')
-    unknown = sorted(set(search) - set(SEARCH_DEFAULTS))
+    unknown = sorted(set(search) - set(SEARCH_DEFAULTS) - {'final_config_path'})
     if unknown:
         raise OptionError(f"train.search.{unknown[0]}: unknown option; known: {', '.join(SEARCH_DEFAULTS)}.")
     result = dict(SEARCH_DEFAULTS, **search)
@@ -94,15 +91,18 @@ def check_search_options(opt):
                           'and an architecture part; use a batch of at least 2.')
     size = result['macs_size']
     if size is None:
-        gt_size, scale = train_set.get('gt_size'), opt.get('scale', 1)
-        if not gt_size:
-            raise OptionError('train.search.macs_size: missing and datasets.train has no gt_size; give the LR patch '
-                              'size at which MACs are counted, e.g. 48.')
-        size = gt_size // scale
-    size = list(size) if isinstance(size, (list, tuple)) else [size, size]
-    if len(size) != 2:
-        raise OptionError(f'train.search.macs_size: {size!r}; give one size or [height, width].')
-    result['macs_size'] = tuple(_number(v, 'macs_size', 1, integer=True) for v in size)
+        size = default_macs_size(opt, 'train.search.macs_size')
+    result['macs_size'] = check_macs_size(size, 'train.search.macs_size')
+    final = result['final_config']
+    if final is not None:
+        path = final if osp.isabs(final) or opt.get('root_path') is None else osp.join(opt['root_path'], final)
+        if not isinstance(final, str) or not osp.isfile(path):
+            raise OptionError(f'train.search.final_config: {final!r} is not a file; give the training config of the '
+                              "task (e.g. options/train/ACLA_SRx2.yml) whose recipe the final network takes, or ~.")
+        result['final_config_path'] = path
+    if train.get('macs_penalty') is not None:
+        raise OptionError('train.macs_penalty: a search takes its MAC term from train.search.lambda (it covers the '
+                          'positions and the open keys); remove train.macs_penalty.')
     if float(train.get('ema_decay') or 0) > 0:
         raise OptionError('train.ema_decay: the position search needs 0 (an EMA copy would average the '
                           'architecture logits and validate another selection); set ema_decay: 0.')
@@ -121,8 +121,7 @@ def search_temperature(search, current_iter):
     ``tau(t) = start * (end / start) ** min(t / anneal_iter, 1)``; a function of the iteration only, so a
     resumed search continues the schedule.
     """
-    progress = min(max(current_iter, 0) / search['anneal_iter'], 1.0)
-    return search['temperature_start'] * (search['temperature_end'] / search['temperature_start'])**progress
+    return anneal(search['temperature_start'], search['temperature_end'], search['anneal_iter'], current_iter)
 
 
 # ---------------------------------------------------------------------- atomic writes
@@ -165,11 +164,14 @@ def _relative(value, root_path):
     return value
 
 
-def final_training_options(search_opt, network_opt, root_path=None, name_suffix='_searched'):
-    """The training config of the final network: the search config with its network replaced.
+def final_training_options(search_opt, network_opt, root_path=None, name_suffix='_searched', recipe=None):
+    """The training config of the final network: the task's recipe (or the search config) with its network replaced.
 
     ``network_g`` becomes ``network_opt``, ``model_type`` RestorationModel, the name gets ``name_suffix``;
-    ``train.search`` and ``train.optim_arch`` go; datasets, train, val, logger and dist_params are kept.
+    ``train.search`` and ``train.optim_arch`` go; datasets, train, val, logger and dist_params are kept. With a
+    ``recipe`` (the task's training config, ``train.search.final_config``) everything but the name and the
+    network comes from it: the final network is trained with the task's iterations, schedule and learning rate,
+    not the search's.
 
     Args:
         search_opt (dict): The search options, as written in the YAML file or as parsed by basicsr (the keys
@@ -177,11 +179,14 @@ def final_training_options(search_opt, network_opt, root_path=None, name_suffix=
         network_opt (dict): ``network_g`` of the final network.
         root_path (str | None): Repository root. Default: None.
         name_suffix (str): Default: '_searched'.
+        recipe (dict | None): The task's training config as written in its YAML file. Default: None.
 
     Returns:
-        dict: Options in the order of the search config.
+        dict: Options in the order of the search config (or of the recipe).
     """
     out = {}
+    if recipe is not None:
+        search_opt = dict(copy.deepcopy(recipe), name=search_opt.get('name'))
     for key, value in search_opt.items():
         if key in PARSED_KEYS:
             continue
@@ -230,10 +235,15 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
     positions = net.selected_positions()
     height, width = search['macs_size']
     backbone = net.backbone_macs(height, width)
-    expected = net.expected_attention_macs(height, width).item()
-    selected = net.expected_attention_macs(height, width, [float(p in positions) for p in net.insert_positions]).item()
+    expected = net.expected_attention_macs(height, width, key_gates=False, aggregation=False).item()
+    selected = net.expected_attention_macs(height, width, [float(p in positions) for p in net.insert_positions],
+                                           key_gates=False, aggregation=False).item()
     network_opt = net.final_network_opt(positions)
-    config = final_training_options(search_opt, network_opt, root_path)
+    recipe = None
+    if search.get('final_config_path'):
+        with open(search['final_config_path']) as f:
+            recipe = yaml.safe_load(f)
+    config = final_training_options(search_opt, network_opt, root_path, recipe=recipe)
     positions_path, config_path = osp.join(out_dir, POSITIONS_FILE), osp.join(out_dir, CONFIG_FILE)
     summary = {
         'search': search_opt.get('name'),
@@ -245,8 +255,11 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
         'probabilities': {p: round(v, 4) for p, v in zip(net.insert_positions, probs)},
         'logits': {p: round(v, 4) for p, v in zip(net.insert_positions, logits)},
         'lambda': search['lambda'],
+        'recipe': search.get('final_config'),
         'temperature': round(search_temperature(search, iteration), 6),
-        'macs': {  # at the LR input size below; ratios are over the backbone's MACs
+        # at the LR input size below, as torch's flop counter counts them (every key open); ratios are over the
+        # backbone's MACs. expected_added: over the position gates; selected_added: the final network
+        'macs': {
             'input_size': [height, width],
             'backbone': int(round(backbone)),
             'expected_added': int(round(expected)),
@@ -258,7 +271,7 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
     }
     write_yaml(positions_path, summary,
                '# Insert positions found by the ACLA position search (ACLASearchModel): positions = candidates\n'
-               '# whose gate probability sigmoid(logit) is above 0.5; MACs as torch\'s flop counter counts them.\n')
+               '# whose gate probability sigmoid(logit) is above 0.5.\n')
     write_yaml(config_path, config,
                f"# Final network of the position search {search_opt.get('name')} at iteration {iteration}: "
                f"{network_opt['type']} with ACLA after {positions or 'no position'}.\n"

@@ -102,7 +102,11 @@ def run_pipeline(pipeline, root_path):
         if raw is not None:  # parse_options itself dies with a KeyError on a missing or misspelt section
             check_schema(raw, is_train=kwargs.get('is_train', args[1] if len(args) > 1 else True),
                          warn=lambda line: None)  # warned once, after parsing
+        from basicsr.utils import set_random_seed
         opt, parsed = parse_options(*args, **kwargs)
+        # basicsr seeds before it applies --force_yml, so 'manual_seed=S' there would reach only the
+        # data loader workers; seeding again (nothing random happened in between) makes it seed the run
+        set_random_seed(opt['manual_seed'] + opt['rank'])
         resolve_relative_paths(opt, root_path)
         check_options(opt)
         run['opt'] = opt

@@ -1,0 +1,250 @@
+"""ACLA's adaptive parts: key gates with one meaning in training and evaluation, the temperature schedule, the
+MAC term over open keys and positions, exact export of a supernet selection, and the search's lambda."""
+import copy
+import os
+import os.path as osp
+
+import acla_basicsr  # noqa: F401  (before basicsr: makes it importable, registers the classes)
+import pytest
+import torch
+import yaml
+from basicsr.models import build_model
+
+from conftest import ROOT
+from test_cla_arch import randomise, tiny_edsr
+from test_search import exported, run_search, search_options, toy_data
+from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
+from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
+from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
+from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
+from acla_basicsr.archs.cla_modules import AdaptiveCrossLayerAttention
+from acla_basicsr.archs.supernet import counted_macs
+from acla_basicsr.models.search_utils import CONFIG_FILE
+from acla_basicsr.utils import OptionError
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
+def data():
+    return toy_data()
+
+
+# ---------------------------------------------------------------------- gates
+def gated_module(bias):
+    torch.manual_seed(0)  # the same module whatever the bias
+    module = randomise(AdaptiveCrossLayerAttention(8, 2, num_keys=4), std=0.5)
+    with torch.no_grad():
+        module.gate.weight.zero_()
+        module.gate.bias.fill_(bias)
+    return module
+
+
+@pytest.mark.parametrize('straight_through', [True, False])
+def test_training_output_follows_the_absolute_gate_level_like_evaluation(straight_through):
+    """Gate bias -8: training (mean of passes) and evaluation are the identity; +8: both are the open module."""
+    x, keys = torch.randn(2, 8, 6, 6), [torch.randn(2, 8, 6, 6) for _ in range(2)]
+    with torch.no_grad():
+        open_eval = gated_module(8.0).eval()(x, keys)
+        effect = (open_eval - x).abs().mean()
+        assert effect > 0.05  # the attention does something
+        for bias, target in ((-8.0, x), (8.0, open_eval)):
+            module = gated_module(bias)
+            module.straight_through = straight_through
+            evaluated = module.eval()(x, keys)
+            torch.testing.assert_close(evaluated, target)
+            module.train()
+            trained = torch.stack([module(x, keys) for _ in range(16)]).mean(0)
+            assert (trained - evaluated).abs().mean() <= 0.05 * effect, bias
+        # a common shift of the gate logits changes the training output (it did not under renormalisation)
+        half = gated_module(0.0).train()
+        torch.manual_seed(1)
+        shifted = torch.stack([half(x, keys) for _ in range(16)]).mean(0)
+        assert (shifted - x).abs().mean() > 0.2 * effect and (shifted - open_eval).abs().mean() > 0.2 * effect
+
+
+def test_straight_through_keys_are_exactly_closed_in_training_with_a_gradient():
+    torch.manual_seed(0)
+    module = gated_module(0.0).train()
+    x, keys = torch.randn(1, 8, 5, 5), [torch.randn(1, 8, 5, 5) for _ in range(2)]
+    weights = module.key_weights(x)
+    dense = module.logit(x).view(1, 8, 5, 5).softmax(1).view(1, 2, 4, 5, 5)
+    gates = weights.detach() / dense.detach()
+    assert set(gates.round(decimals=5).unique().tolist()) <= {0.0, 1.0} and 0 < gates.mean() < 1
+    module(x, keys).square().sum().backward()
+    assert module.gate.weight.grad.abs().sum() > 0
+    # the expectation the MAC term uses: sigmoid(g) summed over keys, in the graph
+    assert module.expected_open_keys.requires_grad
+    torch.testing.assert_close(module.expected_open_keys.detach(),
+                               torch.sigmoid(module.gate(x)).view(1, 2, 4, 5, 5).sum(2).mean((0, 2, 3)).detach())
+
+
+# ---------------------------------------------------------------------- MACs of open keys
+def test_macs_count_open_keys_and_effective_macs_follow_the_counter():
+    torch.manual_seed(0)
+    net = randomise(tiny_edsr(attention='acla', num_keys=4), std=1.0).eval()
+    for module in net.attention:
+        torch.nn.init.zeros_(module.gate.weight)  # the gates follow their bias alone
+    size = (8, 6)
+    dense = counted_macs(lambda: tiny_edsr(attention='acla', num_keys=4), *size)
+    x = torch.rand(2, 3, *size)
+    with torch.no_grad():
+        for module in net.attention:  # every key open
+            module.gate.bias.fill_(50.0)
+        net(x)
+        assert net.effective_macs(*size) == pytest.approx(dense, rel=1e-12)
+        net.reset_key_stats()
+        for module in net.attention:  # close keys 0 and 1 of every key layer: they save 3 C MACs per pixel each
+            module.gate.bias.view(-1, 4)[:, :2] = -50.0
+        net(x)
+    measured = net.measured_active_keys()
+    assert all(v == pytest.approx(2.0) for layers in measured.values() for v in layers)
+    num_layer_pairs = sum(range(1, len(net.attention) + 1))
+    saved = num_layer_pairs * 2 * 3 * 8 * size[0] * size[1]
+    assert net.effective_macs(*size) == pytest.approx(dense - saved, rel=1e-12)
+    # the MAC term: every open key also costs its aggregation (4 C); expectation from sigmoid(g)
+    expected = net.expected_attention_macs(*size).item()
+    hw, c = size[0] * size[1], 8
+    analytic = sum(hw * (c * c + (index + 1) * (c * c + 4 * c + 2 * 7 * c)) for index in range(len(net.attention)))
+    assert expected == pytest.approx(analytic, rel=1e-6)
+
+
+def tiny_acla_options(root, total_iter, **train):
+    from conftest import tiny_sr_options, write_sr_folders
+    hr, lr = write_sr_folders(str(root / 'data'), num=4, size=32)
+    opt = tiny_sr_options('gates', hr, lr, total_iter=total_iter, **train)
+    opt['network_g'] = {'type': 'ACLAEDSR', 'num_feat': 8, 'num_block': 2, 'upscale': 2, 'res_scale': 1,
+                        'insert_positions': [1, 2], 'num_keys': 4}
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(root))
+    opt['path'].update(experiments_root=str(root), models=str(root / 'models'),
+                       training_states=str(root / 'training_states'), log=str(root))
+    return opt
+
+
+def test_temperature_schedule_is_applied_logged_and_a_function_of_the_iteration(tmp_path, data):
+    opt = tiny_acla_options(tmp_path, 8, gate_temperature={'start': 2.0, 'end': 0.5, 'iters': 4})
+    torch.manual_seed(0)
+    model = build_model(opt)
+    net = model.get_bare_model(model.net_g)
+    lq, gt = data
+    for it in (1, 2, 4, 6):
+        model.feed_data({'lq': lq[:2, :, :16, :16], 'gt': gt[:2, :, :32, :32]})
+        model.optimize_parameters(it)
+        expected = 2.0 * 0.25**min(it / 4, 1)
+        assert model.log_dict['gate_temp'] == pytest.approx(expected)
+        assert all(m.temperature == pytest.approx(expected) for m in net.attention)
+    linear = tiny_acla_options(tmp_path, 8, gate_temperature={'start': 2.0, 'end': 0.5, 'mode': 'linear'})
+    model = build_model(linear)
+    model.feed_data({'lq': lq[:2, :, :16, :16], 'gt': gt[:2, :, :32, :32]})
+    model.optimize_parameters(4)  # iters defaults to total_iter (8)
+    assert model.log_dict['gate_temp'] == pytest.approx(1.25)
+    for bad, match in (({'start': 0}, r'^train\.gate_temperature\.start: 0 must be > 0'),
+                       ({'mode': 'cosine'}, r"^train\.gate_temperature\.mode: 'cosine' is unknown"),
+                       ({'stop': 1}, r'^train\.gate_temperature\.stop: unknown option')):
+        with pytest.raises(OptionError, match=match):
+            build_model(tiny_acla_options(tmp_path, 8, gate_temperature=bad)).__class__.check_options(
+                tiny_acla_options(tmp_path, 8, gate_temperature=bad))
+
+
+def test_macs_penalty_closes_keys_and_is_multiplicative(tmp_path, data):
+    """The same 40 steps with and without the MAC term: with it the keys close; the term is L_rec * lambda * r."""
+    lq, gt = data
+    open_keys = {}
+    for lam in (0.0, 20.0):
+        opt = tiny_acla_options(tmp_path, 40, macs_penalty={'lambda': lam, 'macs_size': 16})
+        opt['train']['optim_g']['lr'] = 5e-2
+        torch.manual_seed(0)
+        model = build_model(opt)
+        net = model.get_bare_model(model.net_g)
+        for it in range(1, 41):
+            torch.manual_seed(it)
+            model.feed_data({'lq': lq[:4, :, :16, :16], 'gt': gt[:4, :, :32, :32]})
+            model.optimize_parameters(it)
+        rec = model.log_dict['l_pix']
+        assert model.log_dict['l_macs'] == pytest.approx(rec * lam * model.log_dict['macs_ratio'], rel=1e-4)
+        stats = net.training_stats()  # open keys (of 4) per key layer in the last step
+        open_keys[lam] = sum(stats.values()) / len(stats) / 4
+    assert open_keys[20.0] < 0.1 and open_keys[0.0] > 0.3, open_keys
+    with pytest.raises(OptionError, match=r'^train\.macs_penalty\.lambda: missing'):
+        build_model(tiny_acla_options(tmp_path, 8)).check_options(tiny_acla_options(tmp_path, 8, macs_penalty={}))
+    bad = tiny_acla_options(tmp_path, 8, macs_penalty={'lambda': 0.1})
+    bad['network_g'] = {'type': 'EDSR', 'num_feat': 8, 'num_block': 1, 'upscale': 2}
+    with pytest.raises(OptionError, match=r'^train\.macs_penalty: network_g\.type EDSR has no expected_attention'):
+        build_model(tiny_acla_options(tmp_path, 8)).check_options(bad)
+
+
+# ---------------------------------------------------------------------- exact export
+@pytest.mark.parametrize('cls, kwargs, selection', [
+    (ACLASuperEDSR, dict(num_feat=8, num_block=5, num_keys=3, upscale=2), [2, 4]),
+    (ACLASuperEDSR, dict(num_feat=8, num_block=5, num_keys=3, upscale=2), [1, 3, 5]),
+    (ACLASuperRCAN, dict(num_feat=16, num_group=4, num_block=1, squeeze_factor=4, num_keys=2, upscale=2), [1, 4]),
+])
+def test_a_hard_selection_of_the_supernet_is_exactly_the_exported_network(cls, kwargs, selection):
+    torch.manual_seed(0)
+    net = cls(**kwargs)
+    with torch.no_grad():
+        for module in net.attention:
+            for name, p in module.named_parameters():
+                p.add_(torch.randn_like(p) * (0.01 if 'offset' in name else 1.0))
+            # the dropped layers' logits dominate: masking after the softmax would underflow the kept weights
+            module.logit.bias.view(module.num_key_layers, -1)[1:] += 200.0
+        net.arch_logits.copy_(torch.tensor([30.0 if p in selection else -30.0 for p in net.insert_positions]))
+    opt = net.final_network_opt(selection)
+    final = (ACLAEDSR if cls is ACLASuperEDSR else ACLARCAN)(**{k: v for k, v in opt.items() if k != 'type'})
+    final.load_state_dict(net.final_state_dict(selection), strict=True)
+    x = torch.rand(2, 3, 10, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), final.eval()(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match='not a candidate'):
+        ACLASuperEDSR(num_feat=8, num_block=5, candidates=[1, 3]).final_state_dict([2])
+
+
+def test_exported_config_takes_the_task_recipe(tmp_path, data):
+    recipe = tmp_path / 'recipe.yml'
+    recipe_opt = {'name': 'task', 'model_type': 'RestorationModel', 'scale': 2, 'num_gpu': 0,
+                  'datasets': {'train': {'name': 'task_data', 'type': 'PairedImageDataset'}},
+                  'network_g': {'type': 'ACLAEDSR'},
+                  'train': {'total_iter': 300000, 'scheduler': {'type': 'MultiStepLR', 'milestones': [200000]},
+                            'optim_g': {'type': 'Adam', 'lr': 1e-4}, 'macs_penalty': {'lambda': 0.2}}}
+    recipe.write_text(yaml.safe_dump(recipe_opt))
+    opt = search_options(tmp_path, 0.0, 2, final_config=str(recipe))
+    model = run_search(opt, data)
+    model.record_search(2)
+    config = yaml.safe_load(open(tmp_path / CONFIG_FILE))
+    assert config['train'] == recipe_opt['train'] and config['datasets'] == recipe_opt['datasets']
+    assert config['name'] == 'toy_search_searched' and config['network_g']['type'] == 'ACLAEDSR'
+    assert exported(tmp_path)['recipe'] == str(recipe)
+    with pytest.raises(OptionError, match=r'^train\.search\.final_config: .* is not a file'):
+        run_search(search_options(tmp_path, 0.0, 2, final_config='nope.yml'), data)
+    # every shipped search config names an existing recipe
+    for name in os.listdir(osp.join(ROOT, 'options', 'search')):
+        with open(osp.join(ROOT, 'options', 'search', name)) as f:
+            final = yaml.safe_load(f)['train']['search'].get('final_config')
+        assert final and osp.isfile(osp.join(ROOT, final)), name
+
+
+# ---------------------------------------------------------------------- the search's lambda
+def test_search_closes_useless_candidates_first(tmp_path, data):
+    """Candidates 1 and 3 are made useless as queries (their output forced to the identity; their features remain
+    key layers of later candidates): the MAC term closes them, while the useful ones stay open (lambda 0 keeps
+    all four open on this toy problem; a tiny 8-channel backbone, where attention costs 40 % of its MACs)."""
+    opt = search_options(tmp_path, 0.02, 160, arch_start_iter=40)
+    opt['network_g'] = dict(opt['network_g'], num_block=4)
+    opt['train']['optim_arch']['lr'] = 0.05
+    torch.manual_seed(0)
+    model = build_model(copy.deepcopy(opt))
+    net = model.get_bare_model(model.net_g)
+    useless = [0, 2]
+    for index in useless:
+        net.attention[index].register_forward_hook(lambda module, args, out: args[0])
+    run_search(opt, data, model=model)
+    probs = net.gate_probabilities()
+    useful = [i for i in range(4) if i not in useless]
+    assert probs[useless].max() < 0.5, probs
+    assert probs[useless].max() < probs[useful].min(), probs
