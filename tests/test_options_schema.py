@@ -80,11 +80,14 @@ UNKNOWN = [
     ('val.metrics.psnr', 'crop_boder', "val.metrics.psnr: unknown option 'crop_boder'; did you mean 'crop_border'?"),
     ('logger', 'use_tb', "logger: unknown option 'use_tb'; did you mean 'use_tb_logger'?"),
     ('path', 'pretrained_network_g', "path: unknown option 'pretrained_network_g'; did you mean 'pretrain_network_g'?"),
+    ('train.divergence', 'skip_step', "train.divergence: unknown option 'skip_step'; did you mean 'skip_steps'?"),
+    ('train.gate_temperature', 'strat', "train.gate_temperature: unknown option 'strat'; did you mean 'start'?"),
 ]
 
 
 @pytest.mark.parametrize('section,key,expected', UNKNOWN, ids=[v[1] for v in UNKNOWN])
 def test_unknown_key_suggests_the_nearest(opt, section, key, expected):
+    opt['train'].update(divergence={'skip_steps': 1}, gate_temperature={'start': 1.0, 'end': 0.1})
     parent = opt
     for part in [v for v in section.split('.') if v]:
         parent = parent[part]
