@@ -114,6 +114,16 @@ def test_missing_required_key_is_named(opt, key, is_train, expected):
     assert str(error.value) == expected
 
 
+def test_training_dataset_phases(opt):
+    opt['datasets']['tain'] = opt['datasets'].pop('train')
+    with pytest.raises(OptionError, match=r"^datasets: unknown phase 'tain' in a training config; did you mean "
+                                          r"'train'\?$"):
+        check_schema(opt)
+    opt['datasets']['train'] = opt['datasets'].pop('tain')
+    opt['datasets']['val_2'] = dict(opt['datasets']['val'])
+    check_schema(opt)
+
+
 def test_test_configs_need_no_train_section(opt):
     for key in ('train', 'logger'):
         del opt[key]

@@ -361,6 +361,10 @@ class SchemaChecker:
         if not isinstance(datasets, dict):
             raise OptionError(f'datasets: expected a mapping of phases (train, val, ...), got {datasets!r}.')
         for phase, dataset_opt in datasets.items():
+            if self.is_train and str(phase).split('_')[0] not in ('train', 'val'):  # basicsr's train.py rejects others
+                close = difflib.get_close_matches(str(phase).split('_')[0], ['train', 'val'], n=1, cutoff=0.6)
+                hint = f"did you mean '{close[0]}'?" if close else 'use train, val or val_<n>.'
+                raise OptionError(f"datasets: unknown phase '{phase}' in a training config; {hint}")
             self.check_dataset(dataset_opt, phase)
 
     def check_network(self, net_opt, where):
