@@ -22,7 +22,7 @@ CASES = [
     ('datasets.train.type', 'NoSuchDataset', "datasets.train.type: unknown dataset type 'NoSuchDataset'"),
     ('datasets.train.dataroot_gt', '/nonexistent/HR', 'datasets.train.dataroot_gt: /nonexistent/HR does not exist'),
     ('datasets.train.gt_size', 33, 'datasets.train.gt_size: 33 is not divisible by scale 2'),
-    ('network_g.num_feat', 'sixty', 'network_g:'),
+    ('network_g.num_feat', 'sixty', "network_g.num_feat: expected an integer, got 'sixty'"),
     ('network_g.upscale', 3, 'network_g.upscale: 3 differs from scale 2'),
     ('train.network_opt', [{'type': 'NoSuchLoss'}], "train.network_opt[0].type: unknown loss type 'NoSuchLoss'"),
     ('train.pixel_opt', {'type': 'EARNLoss', 'vgg_weights_path': '/nonexistent/vgg19.pth'},

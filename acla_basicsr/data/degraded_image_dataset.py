@@ -83,6 +83,10 @@ class DegradedImageDataset(data.Dataset):
             phase (str): 'train' or 'val' (added by basicsr).
     """
 
+    # its options beyond basicsr's common dataset keys (acla_basicsr/utils/options_schema.py)
+    extra_option_keys = {'degradation': 'dict', 'color': 'rgb|y|gray', 'gt_size': 'int', 'use_hflip': 'bool',
+                         'use_rot': 'bool'}
+
     def __init__(self, opt):
         super(DegradedImageDataset, self).__init__()
         self.check_options(opt)
@@ -108,6 +112,26 @@ class DegradedImageDataset(data.Dataset):
             with open(opt['meta_info_file']) as f:
                 return [line.split()[0] for line in f if line.strip()]
         return sorted(v for v in os.listdir(folder) if v.lower().endswith(IMG_EXTENSIONS))
+
+    @staticmethod
+    def image_sizes(opt):
+        """(height, width) of every GT image, from an LMDB's meta_info.txt or each file's header (no decoding),
+        so that the option checks compare ``gt_size`` and the batch size with the data."""
+        from PIL import Image
+
+        from acla_basicsr.data.prepare_util import read_meta_info
+        if opt['io_backend']['type'] == 'lmdb':
+            return [shape[:2] for _, shape in read_meta_info(opt['dataroot_gt'])]
+        sizes = []
+        for name in DegradedImageDataset.list_images(opt):
+            path = osp.join(opt['dataroot_gt'], name)
+            try:
+                with Image.open(path) as img:
+                    sizes.append(img.size[::-1])
+            except Exception:
+                raise OptionError(f"datasets.{opt.get('phase', '?')}: cannot read {path}; replace or remove the "
+                                  'file.') from None
+        return sizes
 
     @staticmethod
     def degradation_options(opt):

@@ -47,6 +47,9 @@ class ACLASearchModel(RestorationModel):
     temperature, the expected added MACs over the backbone's (``macs_ratio``) and the selection (``sel``).
     """
 
+    # options this model reads beyond RestorationModel's (acla_basicsr/utils/options_schema.py)
+    extra_option_keys = {'train': {'search': 'dict', 'optim_arch': 'dict'}}
+
     def __init__(self, opt):
         self.search = self.check_options(opt) if opt.get('is_train') else None
         if self.search is not None:  # RestorationModel's MAC term, with the search's lambda and size
@@ -103,9 +106,7 @@ class ACLASearchModel(RestorationModel):
         self.lq, self.gt = lq, gt
         self.output = self.net_g(lq)
         loss_dict = self.compute_losses(current_iter)
-        sum(loss_dict.values()).backward()
-        for optimizer in optimizers:
-            optimizer.step()
+        self.backward_and_step(loss_dict, optimizers, current_iter)  # with RestorationModel's divergence guard
         return loss_dict
 
     def optimize_parameters(self, current_iter):

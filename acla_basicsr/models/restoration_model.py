@@ -1,3 +1,4 @@
+import os.path as osp
 import torch
 from collections import OrderedDict
 
@@ -6,9 +7,13 @@ from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger, tensor2img
 from basicsr.utils.matlab_functions import imresize
+from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
+from acla_basicsr.compat import atomic_torch_save
 from acla_basicsr.data.degradations import DEMOSAIC_REFERENCES
+from acla_basicsr.utils.divergence import DivergenceGuard
+from acla_basicsr.utils.resume import capture_rng_state, restore_rng_state, rng_state_for_save
 from .schedule_options import anneal, check_gate_temperature, check_macs_penalty
 from acla_basicsr.utils.inference import DEFAULT_TILE_PAD, check_tile, run_network
 
@@ -53,12 +58,27 @@ class RestorationModel(SRModel):
     - ``val.tile: {tile_size: 256, tile_pad: 16}``: validation and testing run the network tile by tile
       (input pixels; bounded memory on Urban100/Manga109-sized images), ``val.self_ensemble: true``: on the 8
       flips/transpositions of the input, averaged (see :mod:`acla_basicsr.utils.inference`).
+    - ``train.divergence``: what happens to a step whose loss or gradient is not finite (by default the
+      run stops with one line and exit status 2, before a checkpoint is written), see
+      :mod:`acla_basicsr.utils.divergence`.
 
     A network may define ``training_stats()`` returning a dict of floats (for example ACLA's
     mean number of active keys); the values join the loss terms in every log line.
+
+    Training states also hold the random states and the divergence guard, and validation leaves the
+    random states as it found them, so that a run resumed with ``--auto_resume`` ends with the weights of
+    an uninterrupted one (:mod:`acla_basicsr.utils.resume`).
     """
 
     reference_functions = {'bicubic': bicubic_reference, 'input': input_reference, **DEMOSAIC_REFERENCES}
+    # options this model reads beyond basicsr's, by section (acla_basicsr/utils/options_schema.py)
+    extra_option_keys = {'train': {'network_opt': 'list',
+                                   'gate_temperature': {'start': 'float', 'end': 'float', 'iters': 'int',
+                                                        'mode': 'str'},
+                                   'macs_penalty': {'lambda': 'float', 'macs_size': 'int|list', 'start_iter': 'int'},
+                                   'divergence': {'skip_steps': 'int', 'spike_factor': 'float', 'spike_window': 'int'}},
+                         'val': {'reference': 'str', 'tile': {'tile_size': 'int', 'tile_pad': 'int'},
+                                 'self_ensemble': 'bool'}}
 
     @classmethod
     def check_options(cls, opt):
@@ -99,6 +119,8 @@ class RestorationModel(SRModel):
             name = loss_opt.get('name') or f"l_{loss_opt['type']}"
             loss_opt = {k: v for k, v in loss_opt.items() if k != 'name'}
             self.cri_network[name] = build_loss(loss_opt).to(self.device)
+        self.divergence_guard = DivergenceGuard(self.opt['train'].get('divergence'),
+                                                self.opt['path'].get('training_states'), dist=self.opt['dist'])
 
     @staticmethod
     def _add_terms(terms, name, value):
@@ -133,6 +155,20 @@ class RestorationModel(SRModel):
             terms['l_macs'] = rec * (penalty['lambda'] * ratio).to(rec.dtype)  # L_rec * (1 + lambda * ratio)
         return terms
 
+    def backward_and_step(self, loss_dict, optimizers, current_iter):
+        """Backpropagate the sum of the terms and step ``optimizers``, unless the divergence guard skips the
+        step or stops the run (:mod:`acla_basicsr.utils.divergence`). Return whether the step was taken."""
+        sum(loss_dict.values()).backward()
+        named = list(self.get_bare_model(self.net_g).named_parameters())
+        if not self.divergence_guard.check_step(loss_dict, named, current_iter, get_root_logger()):
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            return False
+        for optimizer in optimizers:
+            optimizer.step()
+        self.divergence_guard.check_weights(named, current_iter)
+        return True
+
     def update_schedules(self, current_iter):
         """Set what depends on the iteration before a training step (the key-gate temperature); return log values."""
         stats = OrderedDict()
@@ -157,13 +193,33 @@ class RestorationModel(SRModel):
         self.optimizer_g.zero_grad()
         self.output = self.net_g(self.lq)
         loss_dict = self.compute_losses(current_iter)
-        sum(loss_dict.values()).backward()
-        self.optimizer_g.step()
+        self.backward_and_step(loss_dict, (self.optimizer_g, ), current_iter)
         self.log_dict = self.reduce_loss_dict(loss_dict)
         self.log_dict.update(schedule_stats)
         self.log_dict.update(self.step_stats())
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    # ------------------------------------------------------------------ exact resume
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        """basicsr's training state (epoch, iteration, optimizers, schedulers) plus the random states and the
+        divergence guard, written atomically (:mod:`acla_basicsr.utils.resume`)."""
+        if current_iter == -1:
+            return
+        state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
+                 'schedulers': [s.state_dict() for s in self.schedulers],
+                 'rng': rng_state_for_save(capture_rng_state()), 'rng_rank': self.opt.get('rank', 0)}
+        if hasattr(self, 'divergence_guard'):
+            state['divergence'] = self.divergence_guard.state_dict()
+        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+
+    def resume_training(self, resume_state):
+        """basicsr's resume (optimizers, schedulers) and the divergence guard; the random states are restored by
+        the sampler, right before the first resumed batch (:class:`acla_basicsr.utils.resume.ResumableSampler`)."""
+        super().resume_training(resume_state)
+        if 'divergence' in resume_state and hasattr(self, 'divergence_guard'):
+            self.divergence_guard.load_state_dict(resume_state['divergence'])
 
     def test(self):
         """SRModel's test on the bare network, tiled and/or self-ensembled as ``val.tile`` and
@@ -215,12 +271,18 @@ class RestorationModel(SRModel):
         return cache[dataset_name]
 
     def validation(self, dataloader, current_iter, tb_logger, save_img=False):
-        val_opt = self.opt.get('val') or {}
-        self._current_reference = None
-        if val_opt.get('metrics') and self.reference_name() and self.opt.get('rank', 0) == 0:
-            if 'gt' in dataloader.dataset[0]:
-                self._current_reference = self._reference_metrics(dataloader)
-        super().validation(dataloader, current_iter, tb_logger, save_img)
+        """SRModel's validation, with the baseline's metrics; the random states are left as they were, so that
+        training draws the same numbers whether or not (and however often) it validates."""
+        rng_state = capture_rng_state()
+        try:
+            val_opt = self.opt.get('val') or {}
+            self._current_reference = None
+            if val_opt.get('metrics') and self.reference_name() and self.opt.get('rank', 0) == 0:
+                if 'gt' in dataloader.dataset[0]:
+                    self._current_reference = self._reference_metrics(dataloader)
+            super().validation(dataloader, current_iter, tb_logger, save_img)
+        finally:
+            restore_rng_state(rng_state)
 
     def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
         super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)

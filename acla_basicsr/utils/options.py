@@ -29,16 +29,36 @@ def _require_registered(registry, name, where):
 
 
 def _read_meta_info(lmdb_path, where):
-    if not osp.isfile(osp.join(lmdb_path, 'data.mdb')) or not osp.isfile(osp.join(lmdb_path, 'meta_info.txt')):
+    if not osp.isfile(osp.join(lmdb_path, 'data.mdb')):
         raise OptionError(f'{where}: {lmdb_path} is not an LMDB made by basicsr (data.mdb and meta_info.txt '
                           'expected); build it with scripts/prepare_example_data.py or scripts/prepare_sr_lmdb.py.')
+    if not osp.isfile(osp.join(lmdb_path, 'meta_info.txt')):
+        raise OptionError(f'{where}: {lmdb_path} has no meta_info.txt (basicsr reads the keys of an LMDB from it); '
+                          'rebuild the LMDB with scripts/prepare_sr_lmdb.py.')
     return dict(read_meta_info(lmdb_path))
 
 
-def _check_paired(dataset_opt, where, scale, num_checked=8):
-    """Paired LQ/GT data: both exist, are non-empty, hold the same names, and differ by ``scale``."""
+def _image_size(path, where):
+    """(height, width) of an image file from its header (no decoding), or OptionError naming the file."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+    except Exception:
+        raise OptionError(f'{where}: cannot read {path}; replace or remove the file.') from None
+    return height, width
+
+
+def _check_paired(dataset_opt, where, scale, num_decoded=8):
+    """Paired LQ/GT data: both exist, are non-empty, hold the same names, and differ by ``scale``.
+
+    Every pair's sizes are compared (from an LMDB's meta_info.txt, or from each image file's header); the
+    first ``num_decoded`` pairs of a folder are decoded too, as basicsr will. Returns the (GT, LQ) sizes,
+    (height, width) each, of every pair.
+    """
     gt, lq = dataset_opt.get('dataroot_gt'), dataset_opt.get('dataroot_lq')
-    if dataset_opt.get('io_backend', {}).get('type') == 'lmdb':
+    lmdb = dataset_opt.get('io_backend', {}).get('type') == 'lmdb'
+    if lmdb:
         gt_shapes = _read_meta_info(gt, f'{where}.dataroot_gt')
         lq_shapes = _read_meta_info(lq, f'{where}.dataroot_lq')
     else:
@@ -61,29 +81,57 @@ def _check_paired(dataset_opt, where, scale, num_checked=8):
     if len(gt_shapes) != len(lq_shapes):
         raise OptionError(f'{where}: {len(lq_shapes)} LQ images in {lq} but {len(gt_shapes)} GT images in {gt}; '
                           'the two must hold the same images.')
-    if dataset_opt.get('io_backend', {}).get('type') == 'lmdb':
+    if lmdb:
         if set(gt_shapes) != set(lq_shapes):
             key = sorted(set(gt_shapes) ^ set(lq_shapes))[0]
             raise OptionError(f'{where}: key {key} is in only one of {gt} and {lq}; rebuild both LMDBs together.')
-        pairs = [(k, gt_shapes[k], lq_shapes[k]) for k in sorted(gt_shapes)[:num_checked]]
+        pairs = [(k, gt_shapes[k][:2], lq_shapes[k][:2]) for k in sorted(gt_shapes)]
     else:
         import cv2
-        pairs = []
-        for k in sorted(gt_names)[:num_checked]:
-            g = cv2.imread(osp.join(gt, gt_names[k]), cv2.IMREAD_UNCHANGED)
-            q = cv2.imread(osp.join(lq, lq_shapes[tmpl.format(k)]), cv2.IMREAD_UNCHANGED)
-            for img, name, folder in ((g, gt_names[k], gt), (q, lq_shapes[tmpl.format(k)], lq)):
-                if img is None:
-                    raise OptionError(f'{where}: cannot read {osp.join(folder, name)}; replace or remove the file.')
-            pairs.append((k, g.shape, q.shape))
+        for k in sorted(gt_names)[:num_decoded]:
+            for path in (osp.join(gt, gt_names[k]), osp.join(lq, lq_shapes[tmpl.format(k)])):
+                if cv2.imread(path, cv2.IMREAD_UNCHANGED) is None:
+                    raise OptionError(f'{where}: cannot read {path}; replace or remove the file.')
+        pairs = [(k, _image_size(osp.join(gt, gt_names[k]), where),
+                  _image_size(osp.join(lq, lq_shapes[tmpl.format(k)]), where)) for k in sorted(gt_names)]
     for key, g, q in pairs:
         if not (q[0] * scale <= g[0] < (q[0] + 1) * scale and q[1] * scale <= g[1] < (q[1] + 1) * scale):
             raise OptionError(f'{where}: image {key} is {g[1]}x{g[0]} (GT) and {q[1]}x{q[0]} (LQ), which is not '
                               f'scale {scale}; set scale to the factor the LQ images were made with.')
+    return [(g, q) for _, g, q in pairs]
 
 
-def check_dataset(dataset_opt, phase, scale):
-    """Check one entry of ``opt['datasets']``; raise :class:`OptionError` for the first problem."""
+def _check_training_sizes(dataset_opt, where, scale, sizes, world_size=1):
+    """``gt_size`` fits every training image (and its LQ partner); one batch fits in an epoch.
+
+    Args:
+        sizes (list): (GT size, LQ size or None) per image, each (height, width).
+    """
+    gt_size = dataset_opt.get('gt_size')
+    if gt_size and sizes:
+        smallest_gt = min(min(g) for g, _ in sizes)
+        lq_sizes = [min(q) for _, q in sizes if q is not None]
+        if gt_size > smallest_gt:
+            raise OptionError(f'{where}.gt_size: {gt_size} is larger than the smallest training image '
+                              f'({smallest_gt} pixels on a side); use at most {smallest_gt // scale * scale}.')
+        if lq_sizes and gt_size // scale > min(lq_sizes):
+            raise OptionError(f'{where}.gt_size: {gt_size} needs LQ patches of {gt_size // scale} but the smallest LQ '
+                              f'image has {min(lq_sizes)} pixels on a side; use at most {min(lq_sizes) * scale}.')
+    batch = dataset_opt.get('batch_size_per_gpu')
+    ratio = dataset_opt.get('dataset_enlarge_ratio', 1) or 1
+    if batch and sizes and batch * world_size > len(sizes) * ratio:
+        raise OptionError(f'{where}.batch_size_per_gpu: {batch} (x {world_size} processes) is more than the '
+                          f'{len(sizes)} images x dataset_enlarge_ratio {ratio}, so no full batch is ever drawn; '
+                          f'lower the batch or raise dataset_enlarge_ratio to at least '
+                          f'{-(-batch * world_size // len(sizes))}.')
+
+
+def check_dataset(dataset_opt, phase, scale, world_size=1):
+    """Check one entry of ``opt['datasets']``; raise :class:`OptionError` for the first problem.
+
+    A registered dataset may define ``image_sizes(opt)`` (a static method returning the (height, width) of
+    every image) so that its ``gt_size`` and batch size are checked against its data too.
+    """
     where = f'datasets.{phase}'
     _require_registered(DATASET_REGISTRY, dataset_opt.get('type'), f'{where}.type')
     for key, value in dataset_opt.items():
@@ -98,14 +146,20 @@ def check_dataset(dataset_opt, phase, scale):
             raise OptionError(f'{where}.gt_size: {gt_size} is not divisible by scale {scale}; '
                               f'use a multiple of {scale}, e.g. {gt_size // scale * scale or scale}.')
     cls = DATASET_REGISTRY.get(dataset_opt['type'])
+    sizes = None
     if hasattr(cls, 'check_options'):
         cls.check_options(dataset_opt)
+        if hasattr(cls, 'image_sizes'):  # e.g. DegradedImageDataset: GT sizes only
+            sizes = [(g, None) for g in cls.image_sizes(dataset_opt)]
     elif dataset_opt.get('dataroot_gt') and dataset_opt.get('dataroot_lq'):
-        _check_paired(dataset_opt, where, scale or 1)
+        sizes = _check_paired(dataset_opt, where, scale or 1)
+    if dataset_opt.get('phase') == 'train' and sizes is not None:
+        _check_training_sizes(dataset_opt, where, scale or 1, sizes, world_size)
 
 
 def check_options(opt):
-    """Check the registered types, data paths and sizes of a parsed basicsr options dict.
+    """Check the keys and their types (:mod:`acla_basicsr.utils.options_schema`), the registered types, data
+    paths and sizes of a parsed basicsr options dict.
 
     Args:
         opt (dict): Options returned by ``basicsr.utils.options.parse_options``.
@@ -113,6 +167,10 @@ def check_options(opt):
     Raises:
         OptionError: naming the first wrong option and how to fix it.
     """
+    from acla_basicsr.utils.options_schema import check_schema
+    # unknown and mistyped keys first (acla_basicsr/utils/options_schema.py); the launcher checked the required
+    # ones in the file before basicsr parsed it
+    check_schema(opt, required=False)
     _require_registered(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
     scale = opt.get('scale', 1)
     if not isinstance(scale, int) or scale < 1:
@@ -151,7 +209,7 @@ def check_options(opt):
     if not opt.get('datasets'):
         raise OptionError('datasets: empty; give at least one dataset.')
     for phase, dataset_opt in opt['datasets'].items():
-        check_dataset(dataset_opt, phase, scale)
+        check_dataset(dataset_opt, phase, scale, opt.get('world_size', 1) if opt.get('dist') else 1)
     for key, value in opt.get('path', {}).items():
         if key.startswith('pretrain_network') and value is not None and not osp.isfile(value):
             raise OptionError(f'path.{key}: {value} does not exist; give a local .pth file or ~ to train from scratch.')
