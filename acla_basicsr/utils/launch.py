@@ -63,7 +63,11 @@ def run_pipeline(pipeline, root_path):
     parse_options = pipeline.__globals__['parse_options']
 
     def parse_and_check(*args, **kwargs):
+        from basicsr.utils import set_random_seed
         opt, parsed = parse_options(*args, **kwargs)
+        # basicsr seeds before it applies --force_yml, so 'manual_seed=S' there would reach only the
+        # data loader workers; seeding again (nothing random happened in between) makes it seed the run
+        set_random_seed(opt['manual_seed'] + opt['rank'])
         resolve_relative_paths(opt, root_path)
         check_options(opt)
         return opt, parsed

@@ -1,0 +1,106 @@
+"""scripts/compare.py end to end on tiny EDSR configs and tiny data made here."""
+import importlib.util
+import math
+import os
+import os.path as osp
+import re
+import shutil
+
+import pytest
+
+from conftest import ROOT, tiny_sr_options, write_options, write_sr_folders
+
+spec = importlib.util.spec_from_file_location('compare', osp.join(ROOT, 'scripts', 'compare.py'))
+compare = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(compare)
+
+
+@pytest.fixture
+def tiny_setup(tmp_path):
+    hr, lr = write_sr_folders(str(tmp_path / 'train'), num=4, size=48)
+    data_root = tmp_path / 'bench'
+    write_sr_folders(str(data_root / 'TinySet'), num=2, size=36, seed=1)
+    os.rename(data_root / 'TinySet' / 'LR', data_root / 'TinySet' / 'LR_bicubic')
+    paths = []
+    for blocks in (1, 2):
+        opt = tiny_sr_options(f'tiny_edsr_{blocks}', hr, lr, total_iter=8)
+        opt['network_g']['num_block'] = blocks
+        opt['train']['scheduler']['milestones'] = [4]
+        paths.append(write_options(opt, tmp_path / f'tiny_edsr_{blocks}.yml'))
+    return paths, str(data_root)
+
+
+def cmp_folders():
+    folder = osp.join(ROOT, 'experiments')
+    return {d for d in os.listdir(folder) if d.startswith('cmp_')} if osp.isdir(folder) else set()
+
+
+def test_compare_end_to_end(tiny_setup, tmp_path, capsys):
+    paths, data_root = tiny_setup
+    before = cmp_folders()
+    out = tmp_path / 'table.md'
+    rows = compare.run(compare.parse_args([
+        '-opt', *paths, '--iters', '3', '--seeds', '0', '1', '--val-sets', 'TinySet', '--data-root', data_root,
+        '--out', str(out), '--threads', '1']))
+    printed = capsys.readouterr().out
+    assert cmp_folders() == before  # experiments removed without --keep
+    assert [r['network'] for r in rows] == ['EDSR(num_feat=8, num_block=1, upscale=2)',
+                                            'EDSR(num_feat=8, num_block=2, upscale=2)']
+    for row in rows:
+        assert row['params'] > 0 and row['macs'] > 0
+        assert [r['seed'] for r in row['runs']] == [0, 1]
+        for run in row['runs']:
+            psnr, ssim = run['metrics']['TinySet']
+            assert math.isfinite(psnr) and 5 < psnr < 60 and 0 < ssim <= 1
+            assert run['eff_macs'] == row['macs'] and run['wall'] > 0
+        # the seed reaches the network's initialisation: two seeds, two results
+        assert row['runs'][0]['metrics'] != row['runs'][1]['metrics']
+    assert rows[1]['params'] > rows[0]['params'] and rows[1]['macs'] > rows[0]['macs']
+    table = out.read_text()
+    assert table in printed
+    summary = [line for line in table.splitlines() if line.startswith('| `')][:2]
+    assert len(summary) == 2
+    for line, path in zip(summary, paths):
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        assert osp.basename(path) in cells[0]
+        numbers = [float(x) for cell in cells[2:] for x in re.findall(r'[-+]?\d+(?:\.\d+)?', cell)]
+        assert len(numbers) == 3 + 2 * 2 + 1 and all(math.isfinite(x) for x in numbers)
+    assert len([line for line in table.splitlines() if line.startswith('| `')]) == 2 + 4  # summary + every run
+
+
+def test_schedule_is_scaled():
+    opt = {'train': {'total_iter': 800, 'scheduler': {'type': 'MultiStepLR', 'milestones': [200, 600]},
+                     'warmup_iter': -1, 'network_opt': [{'type': 'ENLCAContrastiveLoss', 'warmup_iter': 150}]}}
+    entries, warnings = compare.schedule_overrides(opt, 400)
+    assert entries == ['train:total_iter=400', 'train:scheduler:milestones=[100,300]']
+    assert warnings == []
+    _, warnings = compare.schedule_overrides(opt, 100)
+    assert len(warnings) == 1 and 'ENLCAContrastiveLoss' in warnings[0]
+
+
+def test_compare_errors(tiny_setup, tmp_path, capsys):
+    paths, data_root = tiny_setup
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(['-opt', str(tmp_path / 'missing.yml'), '--iters', '2', '--data-root', data_root])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'missing.yml does not exist' in err
+
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(['-opt', paths[0], '--iters', '2', '--val-sets', 'Set99', '--data-root', data_root])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'Set99' in err and 'scripts/prepare_benchmark.py' in err
+
+    bad = tiny_sr_options('tiny_bad', *write_sr_folders(str(tmp_path / 'd2'), num=2), total_iter=2)
+    bad['network_g']['type'] = 'NoSuchNet'
+    bad_path = write_options(bad, tmp_path / 'bad.yml')
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(['-opt', bad_path, '--iters', '2', '--seeds', '0', '--val-sets', 'TinySet',
+                      '--data-root', data_root])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count('\n') == 0 and 'training of' in err and 'failed with exit status 2' in err
+    for name in cmp_folders():
+        if 'bad' in name:
+            shutil.rmtree(osp.join(ROOT, 'experiments', name))
