@@ -1,9 +1,10 @@
 """EARN vs basicsr's EDSR-baseline: parameters, MACs and CPU forward time, measured in one run.
 
 MACs are ``torch.utils.flop_counter.FlopCounterMode`` flops / 2 (SPEC section 2) for one LR
-input of ``--size`` pixels a side. The counter sees convolutions and matrix products, which
-include the local self-attention's ``einsum`` products (``q^T k``, ``q^T r``, weights times
-values); the attention's share is printed apart. Forward times alternate the networks and take the median, so that both share the machine's load.
+input of ``--size`` pixels a side, plus the local attention's window products (``q^T k_ab`` and
+weights times values, 2 k^2 C per pixel and layer), which the layer computes elementwise and the
+counter, seeing only convolutions and matrix products, misses; the attention's share is printed
+apart. Forward times alternate the networks and take the median, so that both share the machine's load.
 
 With ``--memory``: peak resident memory (VmHWM of /proc/self/status) of the whole process, each
 case in a fresh subprocess: inference of the network of ``options/train/EARN_SRx2.yml`` on one
@@ -30,18 +31,38 @@ from acla_basicsr.archs.earn_arch import EARN  # noqa: E402
 from basicsr.archs.edsr_arch import EDSR  # noqa: E402
 
 
+def window_product_macs(net, x):
+    """MACs of the local attention's window products, which FlopCounterMode does not see.
+
+    Per pixel, layer and window offset: q^T k_ab (C) and the weighted value (C), 2 k^2 C in all;
+    the layer computes them with elementwise products and sums (faster on CPU than a batched
+    matrix product of width 1), which the counter, counting matrix products and convolutions, misses.
+    """
+    from acla_basicsr.archs.earn_modules import LocalSelfAttention
+    total = []
+    hooks = [m.register_forward_hook(
+        lambda m, inputs, output: total.append(2 * m.window_size**2 * inputs[0].numel()))
+        for m in net.modules() if isinstance(m, LocalSelfAttention)]
+    with torch.no_grad():
+        net(x)
+    for hook in hooks:
+        hook.remove()
+    return sum(total)
+
+
 def counted_macs(net, x):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
-    return counter.get_total_flops() / 2
+    return counter.get_total_flops() / 2 + window_product_macs(net, x)
 
 
 def attention_macs(net, x):
-    """MACs of the LocalSelfAttention layers alone (inside the counted total)."""
+    """MACs of the LocalSelfAttention layers alone (inside the total), window products included."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         net(x)
     return sum(flops for name, ops in counter.get_flop_counts().items()
-               if name != 'Global' and name.endswith('attention') for flops in ops.values()) / 2
+               if name != 'Global' and name.endswith('attention') for flops in ops.values()) / 2 \
+        + window_product_macs(net, x)
 
 
 def forward_time(net, x, repeats):

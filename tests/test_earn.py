@@ -430,3 +430,18 @@ def test_restoration_model_logs_each_term():
             logging.getLogger('basicsr').handlers.clear()
     assert set(model.log_dict) == {'l_l1', 'l_ssim'}
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
+
+
+def test_full_network_restores_512_lr_image_within_1_5_gib():
+    """options/train/EARN_SRx2.yml's network, one 512x512 LR image untiled, no grad: the whole process peaks
+    below 1.5 GiB (VmHWM, a fresh process; about 0.8 GiB of it is import torch/basicsr)."""
+    import subprocess
+    import sys
+    if not osp.isfile('/proc/self/status'):
+        pytest.skip('peak resident memory is read from /proc (Linux)')
+    result = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'bench_earn.py'), '--memory-case',
+                             'earn_infer', '--memory-size', '512', '--threads', '1'],
+                            capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, peak = map(float, result.stdout.split()[-2:])
+    assert before > 0 and peak <= 1536, (before, peak)
