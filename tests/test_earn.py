@@ -58,6 +58,19 @@ def test_earn_ablations(ablation):
         assert not net.use_skip_connections and not any(m.use_skip for m in modules if isinstance(m, ERAB))
 
 
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_inference_in_bands_equals_training_path(scale, monkeypatch):
+    """Without grad the attention and the upsampler run in bands of rows: the same output as with grad."""
+    torch.manual_seed(0)
+    net = EARN(upscale=scale, num_feat=8, num_block=1, reduction=2, window_size=5, num_heads=2).eval()
+    x = torch.rand(2, 3, 13, 9)
+    full = net(x).detach()  # grad enabled: one band everywhere
+    monkeypatch.setattr(EARN, 'TAIL_BAND_ELEMENTS', 8 * scale * scale * 9 * 2 * 3)  # 3 rows a band
+    monkeypatch.setattr(LocalSelfAttention, 'BAND_ELEMENTS', 2 * 2 * 25 * 9 * 2)  # 2 rows a band
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), full, rtol=1e-5, atol=1e-5)
+
+
 def test_earn_default_is_paper_size():
     net = EARN(upscale=2)
     erabs = [m for m in net.modules() if isinstance(m, ERAB)]

@@ -47,6 +47,8 @@ class EARN(nn.Module):
             the DIV2K mean.
     """
 
+    TAIL_BAND_ELEMENTS = 2**22  # upsampled numbers computed at a time without grad (16 MiB in float32)
+
     def __init__(self,
                  num_in_ch=3,
                  num_out_ch=3,
@@ -66,6 +68,7 @@ class EARN(nn.Module):
         super().__init__()
         self._check_args(num_in_ch, num_feat, num_block, upscale, reduction, window_size, num_heads, rgb_mean)
         self.img_range = img_range
+        self.upscale = upscale
         self.use_skip_connections = use_skip_connections
         self.register_buffer('mean', torch.Tensor(rgb_mean).view(1, num_in_ch, 1, 1))
 
@@ -107,6 +110,29 @@ class EARN(nn.Module):
         res = self.conv_after_body(self.body(x))
         if self.use_skip_connections:
             res += x
-        del x  # the upsampler's 4C-channel map is the peak of inference on large images
-        x = self.conv_last(self.upsample(res))
+        del x
+        x = self.conv_last(self.upsample(res)) if torch.is_grad_enabled() else self.tail_in_bands(res)
         return x / self.img_range + self.mean
+
+    def tail_in_bands(self, res):
+        """``conv_last(upsample(res))`` computed in bands of rows, without grad: the same values.
+
+        The upsampler's ``scale^2 num_feat``-channel map and its pixel-shuffled copy are the largest
+        tensors of inference (2 x 256 MiB for a 512x512 x2 input); bands of at most
+        ``TAIL_BAND_ELEMENTS`` upsampled numbers bound them. Each band is computed with 2 extra rows
+        of ``res`` above and below (the receptive field of the 3x3 convolutions before and after the
+        pixel shuffles is less than 2 low-resolution rows), which are cropped off, so that each band's
+        output equals the full computation's.
+        """
+        n, c, h, w = res.shape
+        s, halo = self.upscale, 2
+        rows = max(1, self.TAIL_BAND_ELEMENTS // (n * c * s * s * w))
+        out = None
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            start, stop = max(0, top - halo), min(h, bottom + halo)
+            band = self.conv_last(self.upsample(res[:, :, start:stop]))
+            if out is None:
+                out = band.new_empty(n, band.shape[1], h * s, w * s)
+            out[:, :, top * s:bottom * s] = band[:, :, (top - start) * s:(bottom - start) * s]
+        return out

@@ -114,11 +114,13 @@ class LocalSelfAttention(nn.Module):
 
     Memory: no k x k copy of the keys and values is made. The ``k^2`` window offsets are visited
     in turn, each a shifted view of the zero-padded keys (values) contracted with the queries
-    (attention weights) over all images and all pixels of a band of rows at once. Without grad,
-    the memory beyond the queries, keys, values and output (four feature maps) is the logits and
-    weights of one band, at most ``BAND_ELEMENTS`` numbers each; in training autograd keeps the
-    weights of every band, ``k^2 x num_heads`` numbers per pixel (196 for k = 7 and 4 heads:
-    about 3 times a 64-channel feature map).
+    (attention weights) over all images and all pixels of a band of rows at once; the 1x1
+    projections are computed band by band too. Without grad, the memory beyond the output is the
+    queries, keys and values of one band and its logits and weights (at most ``BAND_ELEMENTS``
+    numbers each: small bands also keep the allocator's heap from fragmenting, measured). With
+    grad the whole map is one band, since autograd keeps every band anyway: the weights,
+    ``k^2 x num_heads`` numbers per pixel (196 for k = 7 and 4 heads: about 3 times a 64-channel
+    feature map), and the queries, keys and values.
 
     Args:
         num_feat (int): Channel number of input and output; divisible by num_heads, with an even
@@ -129,7 +131,7 @@ class LocalSelfAttention(nn.Module):
             Eq. 5 as printed. Default: True.
     """
 
-    BAND_ELEMENTS = 2**22  # logits computed at a time (16 MiB in float32)
+    BAND_ELEMENTS = 2**20  # logits computed at a time without grad (4 MiB in float32)
 
     def __init__(self, num_feat=64, window_size=7, num_heads=4, scale_logits=True):
         super().__init__()
@@ -162,33 +164,37 @@ class LocalSelfAttention(nn.Module):
         n, c, h, w = x.shape
         k, heads = self.window_size, self.num_heads
         d, pad = c // heads, k // 2
-        q = self.query(x)
-        if self.scale != 1:
-            q = q * self.scale
-        q = q.view(n, heads, d, h, w)
-        keys = F.pad(self.key(x), (pad, pad, pad, pad)).view(n, heads, d, h + 2 * pad, w + 2 * pad)
-        values = F.pad(self.value(x), (pad, pad, pad, pad)).view(n, heads, d, h + 2 * pad, w + 2 * pad)
         rel = self.relative_embeddings().view(heads, d, k * k)
         # neighbour (a, b) of pixel (i, j) inside the image: (k*k, H, W)
         inside = local_windows(x.new_ones(1, 1, h, w), k)[0, 0].permute(2, 3, 0, 1).reshape(k * k, h, w) > 0
         out = x.new_empty(n, heads, d, h, w)
-        # bands of rows, so that the logits of a band stay below BAND_ELEMENTS numbers (no grad: the peak memory)
-        rows = max(1, self.BAND_ELEMENTS // (n * heads * k * k * w))
+        # without grad, bands of rows, so that the logits of a band stay below BAND_ELEMENTS numbers; the 1x1
+        # projections are computed per band too (keys and values with the band's k//2 rows above and below),
+        # so that no full-size query, key or value map exists. With grad autograd keeps every band: one band.
+        rows = max(1, self.BAND_ELEMENTS // (n * heads * k * k * w)) if not torch.is_grad_enabled() else h
         for top in range(0, h, rows):
             bottom = min(h, top + rows)
-            q_band = q[:, :, :, top:bottom]
+            q = self.query(x[:, :, top:bottom])
+            if self.scale != 1:
+                q = q * self.scale
+            q = q.view(n, heads, d, bottom - top, w)
+            # the projections have no bias, so projecting zero padding gives zeros: pad after projecting
+            halo = x[:, :, max(0, top - pad):min(h, bottom + pad)]
+            padding = (pad, pad, pad - (top - max(0, top - pad)), pad - (min(h, bottom + pad) - bottom))
+            keys = F.pad(self.key(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
+            values = F.pad(self.value(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
             # q^T r_ab for every offset at once, then q^T k_ab added offset by offset: (N, heads, k*k, rows, W)
-            logits = torch.einsum('nhdij,hdo->nhoij', q_band, rel)
+            logits = torch.einsum('nhdij,hdo->nhoij', q, rel)
             for o in range(k * k):
                 a, b = divmod(o, k)
-                logits[:, :, o] += (q_band * keys[:, :, :, top + a:bottom + a, b:b + w]).sum(2)
+                logits[:, :, o] += (q * keys[:, :, :, a:a + bottom - top, b:b + w]).sum(2)
             logits = logits.masked_fill_(~inside[:, top:bottom], float('-inf'))
             attn = torch.softmax(logits, dim=2)
-            del logits
-            band = torch.zeros_like(q_band)
+            del logits, keys
+            band = torch.zeros_like(q)
             for o in range(k * k):
                 a, b = divmod(o, k)
-                band = band.addcmul_(attn[:, :, o:o + 1], values[:, :, :, top + a:bottom + a, b:b + w])
+                band = band.addcmul_(attn[:, :, o:o + 1], values[:, :, :, a:a + bottom - top, b:b + w])
             out[:, :, :, top:bottom] = band
         return out.view(n, c, h, w)
 
@@ -224,7 +230,9 @@ class MaskBranch(nn.Module):
         h, w = x.shape[-2:]
         feat = self.attention(x)
         up = self.up(self.body(self.down(feat)))[..., :h, :w]
-        return torch.sigmoid(self.conv_last(up + feat))
+        up += feat  # in place, and feat freed: inference on large images peaks here
+        del feat
+        return torch.sigmoid_(self.conv_last(up))
 
 
 class ERAB(nn.Module):
@@ -271,9 +279,12 @@ class ERAB(nn.Module):
 
     def forward(self, x):
         att = self.pre(self.asca(self.conv_first(x)))
-        out = self.trunk(att)
-        if self.mask is not None:
-            out = out * self.mask(att)
+        if self.mask is None:
+            out = self.trunk(att)
+        else:  # the mask first: its peak then comes without the trunk's output alive
+            mask = self.mask(att)
+            out = self.trunk(att) * mask
+            del mask
         if self.use_skip:
             out = out + x
         return self.post(out)
