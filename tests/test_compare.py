@@ -30,9 +30,10 @@ def tiny_setup(tmp_path):
     return paths, str(data_root)
 
 
-def cmp_folders():
+def cmp_folders(stem='cmp_tiny_'):
+    """This test's experiment folders (other comparisons may run beside it)."""
     folder = osp.join(ROOT, 'experiments')
-    return {d for d in os.listdir(folder) if d.startswith('cmp_')} if osp.isdir(folder) else set()
+    return {d for d in os.listdir(folder) if d.startswith(stem)} if osp.isdir(folder) else set()
 
 
 def test_compare_end_to_end(tiny_setup, tmp_path, capsys):
@@ -101,6 +102,5 @@ def test_compare_errors(tiny_setup, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.count('\n') == 0 and 'training of' in err and 'failed with exit status 2' in err
-    for name in cmp_folders():
-        if 'bad' in name:
-            shutil.rmtree(osp.join(ROOT, 'experiments', name))
+    for name in cmp_folders('cmp_bad_'):
+        shutil.rmtree(osp.join(ROOT, 'experiments', name))

@@ -58,6 +58,19 @@ def test_earn_ablations(ablation):
         assert not net.use_skip_connections and not any(m.use_skip for m in modules if isinstance(m, ERAB))
 
 
+@pytest.mark.parametrize('scale', [2, 3, 4])
+def test_inference_in_bands_equals_training_path(scale, monkeypatch):
+    """Without grad the attention and the upsampler run in bands of rows: the same output as with grad."""
+    torch.manual_seed(0)
+    net = EARN(upscale=scale, num_feat=8, num_block=1, reduction=2, window_size=5, num_heads=2).eval()
+    x = torch.rand(2, 3, 13, 9)
+    full = net(x).detach()  # grad enabled: one band everywhere
+    monkeypatch.setattr(EARN, 'TAIL_BAND_ELEMENTS', 8 * scale * scale * 9 * 2 * 3)  # 3 rows a band
+    monkeypatch.setattr(LocalSelfAttention, 'BAND_ELEMENTS', 2 * 2 * 25 * 9 * 2)  # 2 rows a band
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), full, rtol=1e-5, atol=1e-5)
+
+
 def test_earn_default_is_paper_size():
     net = EARN(upscale=2)
     erabs = [m for m in net.modules() if isinstance(m, ERAB)]
@@ -109,18 +122,99 @@ def local_attention_reference(layer, x):
                             logits.append((qij * key[:, ch, a, b]).sum(1) +
                                           (qij * rel[ch, a - i + r, b - j + r]).sum(1))
                             vals.append(v[:, ch, a, b])
-                weights = torch.softmax(torch.stack(logits, 1), dim=1)  # (N, #neighbours)
+                weights = torch.softmax(layer.scale * torch.stack(logits, 1), dim=1)  # (N, #neighbours)
                 out[:, ch, i, j] = (weights[:, :, None] * torch.stack(vals, 1)).sum(1)
     return out
 
 
+def local_attention_unfold_reference(layer, x):
+    """The layer's first vectorised form: every k x k neighbourhood as a strided view, contracted by einsum.
+
+    einsum copies the (N, C, H, W, k, k) views of keys and values: about 15.5 KB per pixel at
+    64 channels and k = 7, the memory that the layer no longer needs.
+    """
+    from acla_basicsr.archs.earn_modules import local_windows
+    n, c, h, w = x.shape
+    k, heads = layer.window_size, layer.num_heads
+    d = c // heads
+    q = layer.query(x).view(n, heads, d, h, w) * layer.scale
+    keys = local_windows(layer.key(x), k).view(n, heads, d, h, w, k, k)
+    values = local_windows(layer.value(x), k).view(n, heads, d, h, w, k, k)
+    rel = layer.relative_embeddings().view(heads, d, k, k)
+    logits = torch.einsum('nhdij,nhdijab->nhijab', q, keys) + torch.einsum('nhdij,hdab->nhijab', q, rel)
+    inside = local_windows(x.new_ones(1, 1, h, w), k)[0] > 0
+    attn = torch.softmax(logits.masked_fill(~inside, float('-inf')).flatten(-2), dim=-1).view_as(logits)
+    return torch.einsum('nhijab,nhdijab->nhdij', attn, values).reshape(n, c, h, w)
+
+
+@pytest.mark.parametrize('scale_logits', [True, False])
 @pytest.mark.parametrize('window_size, shape', [(3, (2, 8, 5, 6)), (5, (1, 8, 6, 4)), (1, (1, 4, 3, 3))])
-def test_local_attention_matches_loop_reference(window_size, shape):
+def test_local_attention_matches_loop_reference(window_size, shape, scale_logits):
     torch.manual_seed(0)
-    layer = LocalSelfAttention(shape[1], window_size=window_size, num_heads=2)
+    layer = LocalSelfAttention(shape[1], window_size=window_size, num_heads=2, scale_logits=scale_logits)
     x = torch.randn(*shape)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), local_attention_reference(layer, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('scale_logits', [True, False])
+def test_local_attention_matches_unfold_reference_with_gradients(scale_logits):
+    """Window 7, 4 heads, 64 channels, on a map smaller and larger than the window: outputs and gradients."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention(64, window_size=7, num_heads=4, scale_logits=scale_logits)
+    for shape in ((2, 64, 11, 9), (1, 64, 5, 4)):
+        x = torch.randn(*shape, requires_grad=True)
+        out, ref = layer(x), local_attention_unfold_reference(layer, x)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        grad = torch.randn_like(out)
+        got = torch.autograd.grad(out, [x, *layer.parameters()], grad)
+        want = torch.autograd.grad(ref, [x, *layer.parameters()], grad)
+        for g, r in zip(got, want):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
+def test_every_head_sees_row_and_column_offsets():
+    layer = LocalSelfAttention(16, window_size=5, num_heads=4)
+    rel = layer.relative_embeddings().view(4, 4, 5, 5).detach()  # (heads, d, k, k)
+    for head in rel:
+        assert (head[:2] == head[:2, :, :1]).all() and (head[:2].std(dim=1) > 0).all()  # rows: vary with a only
+        assert (head[2:] == head[2:, :1, :]).all() and (head[2:].std(dim=2) > 0).all()  # columns: vary with b only
+
+
+def attention_entropies(net, x):
+    """Mean entropy (nats) of every LocalSelfAttention softmax of ``net`` on ``x``, over interior pixels."""
+    entropies = []
+
+    def hook(layer, inputs, output):
+        feat = inputs[0]
+        n, c, h, w = feat.shape
+        k, heads, r = layer.window_size, layer.num_heads, layer.window_size // 2
+        d = c // heads
+        q = layer.query(feat).view(n, heads, d, h, w, 1, 1) * layer.scale
+        keys = F.pad(layer.key(feat), (r, r, r, r)).unfold(2, k, 1).unfold(3, k, 1).view(n, heads, d, h, w, k, k)
+        rel = layer.relative_embeddings().view(1, heads, d, 1, 1, k, k)
+        p = torch.softmax((q * (keys + rel)).sum(2)[:, :, r:h - r, r:w - r].flatten(-2), dim=-1)
+        entropies.append(-(p * p.clamp_min(1e-30).log()).sum(-1).mean().item())
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, LocalSelfAttention)]
+    with torch.no_grad():
+        net(x)
+    for handle in handles:
+        handle.remove()
+    return entropies
+
+
+def test_attention_not_saturated_at_initialisation():
+    """EARN x2 at its defaults, on a 48x48 crop of a photograph: every softmax keeps >= half of log(49) nats."""
+    from skimage import data
+    x = torch.from_numpy(data.chelsea()[100:148, 200:248].copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
+    torch.manual_seed(0)
+    entropies = attention_entropies(EARN(upscale=2).eval(), x)
+    assert len(entropies) == 4 and min(entropies) >= 0.5 * np.log(49), entropies
+    # Eq. 5 as printed on 0..255 inputs starts near an argmax
+    torch.manual_seed(0)
+    paper = attention_entropies(EARN(upscale=2, scale_logits=False, img_range=255.).eval(), x)
+    assert max(paper) < 0.5 * np.log(49), paper
 
 
 def test_local_attention_window_one_is_value_projection():
@@ -349,3 +443,18 @@ def test_restoration_model_logs_each_term():
             logging.getLogger('basicsr').handlers.clear()
     assert set(model.log_dict) == {'l_l1', 'l_ssim'}
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
+
+
+def test_full_network_restores_512_lr_image_within_1_5_gib():
+    """options/train/EARN_SRx2.yml's network, one 512x512 LR image untiled, no grad: the whole process peaks
+    below 1.5 GiB (VmHWM, a fresh process; about 0.8 GiB of it is import torch/basicsr)."""
+    import subprocess
+    import sys
+    if not osp.isfile('/proc/self/status'):
+        pytest.skip('peak resident memory is read from /proc (Linux)')
+    result = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'bench_earn.py'), '--memory-case',
+                             'earn_infer', '--memory-size', '512', '--threads', '1'],
+                            capture_output=True, text=True, timeout=900, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, peak = map(float, result.stdout.split()[-2:])
+    assert before > 0 and peak <= 1536, (before, peak)

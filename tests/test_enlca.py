@@ -145,6 +145,32 @@ def test_orthogonal_samples_lower_the_error():
     assert orthogonal < 0.95 * iid
 
 
+def _relative_error(amplification, m, draws, generator, c=64, n=1024):
+    q = torch.nn.functional.normalize(torch.randn(1, n, c, generator=generator, dtype=torch.float64), dim=-1)
+    k = torch.nn.functional.normalize(torch.randn(1, n, c, generator=generator, dtype=torch.float64), dim=-1)
+    v = torch.randn(1, n, c, generator=generator, dtype=torch.float64)
+    s = math.sqrt(amplification)
+    exact = softmax_attention(q * s, k * s, v)
+    errors = [(efficient_attention(q * s, k * s, v, draw_random_matrix(m, c, generator, True, torch.float64))
+               - exact).norm() / exact.norm() for _ in range(draws)]
+    return torch.stack(errors).mean().item()
+
+
+def test_enla_at_paper_amplification_is_far_from_exact_attention():
+    """k = 6, m = 128 (the paper's setting): relative error about 3 (k = 1: about 0.16); docs/enlca.md.
+
+    A property of the method (Eq. 7: the variance grows like exp(|q + k|^2) <= exp(4k)), stated in
+    the docs so that nobody reads ENLCA as a close approximation of NonLocalAttention at k = 6.
+    """
+    g = torch.Generator().manual_seed(0)
+    k1 = _relative_error(1., 128, 3, g)
+    k6 = _relative_error(6., 128, 3, g)
+    k6_large_m = _relative_error(6., 2048, 3, g)
+    assert 0.1 < k1 < 0.25
+    assert k6 > 2.5 and k6 > 10 * k1
+    assert 1.5 < k6_large_m < k6  # falls with m, slowly
+
+
 def test_enlca_module_approaches_exact_module():
     """ENLCA and NonLocalAttention share parameters; with k = 1 their outputs converge as m grows."""
     torch.manual_seed(0)
@@ -153,7 +179,7 @@ def test_enlca_module_approaches_exact_module():
     with torch.no_grad():
         reference = exact(x) - x
         errors = []
-        for m in (4, 64, 1024):
+        for m in (4, 64, 4096):
             module = ENLCA(num_feat=8, num_embed_feat=4, num_samples=m, amplification=1.0, seed=7).eval()
             missing, unexpected = module.load_state_dict(exact.state_dict(), strict=False)
             assert not unexpected and all(key.startswith('attention.') for key in missing)
@@ -191,6 +217,46 @@ def test_redraw_schedule_and_seeds():
     for _ in range(5):
         fixed(q, q, q)
     assert torch.equal(fixed.matrix, start)
+
+
+def test_redraw_schedule_follows_a_loaded_count():
+    """The schedule counts passes on the host; loading a state resets that copy from the buffer."""
+    a = ENLA(8, 16, redraw_every=3, seed=5)
+    q = torch.randn(1, 10, 8)
+    a(q, q, q)
+    a(q, q, q)
+    b = ENLA(8, 16, redraw_every=3, seed=5)
+    b(q, q, q)  # b's host count is now 1
+    b.load_state_dict(a.state_dict())  # a has made 2 passes
+    start = b.matrix.clone()
+    b(q, q, q)
+    assert torch.equal(b.matrix, start) and int(b.forward_count) == 3
+    b(q, q, q)  # the 4th pass draws
+    assert not torch.equal(b.matrix, start) and int(b.num_draws) == 1 and int(b.forward_count) == 1
+
+
+def test_enlcn_public_code_defaults():
+    """Attention outputs scaled by 0.1 before the residual add; plain 1x1 embeddings; PReLU as an option."""
+    torch.manual_seed(0)
+    net = ENLCN(num_feat=8, num_block=2, upscale=2, attention_positions=[0, 2], num_embed_feat=4, num_samples=8)
+    for module in net.attention.values():
+        assert module.res_scale == 0.1
+        assert not any(isinstance(m, torch.nn.PReLU) for m in module.modules())
+    module = net.attention['0'].eval()
+    x = torch.randn(1, 8, 5, 5)
+    with torch.no_grad():
+        b, c, h, w = x.shape
+        attended = module.attend(*module.embed(x)).transpose(1, 2).reshape(b, c, h, w)
+        torch.testing.assert_close(module(x), x + 0.1 * attended)
+    prelu = ENLCN(num_feat=8, num_block=2, upscale=2, attention_positions=[0, 2], num_embed_feat=4, num_samples=8,
+                  attention_res_scale=1., embedding_activation='prelu')
+    assert all(m.res_scale == 1. for m in prelu.attention.values())
+    assert sum(isinstance(m, torch.nn.PReLU) for m in prelu.modules()) == 3 * 2
+    # the convolutions keep their names: a plain network's weights load into the PReLU one
+    missing, unexpected = prelu.load_state_dict(net.state_dict(), strict=False)
+    assert not unexpected and missing and all(key.endswith('.1.weight') for key in missing)
+    with pytest.raises(ValueError, match='^embedding_activation'):
+        ENLCN(num_feat=8, num_block=2, embedding_activation='relu')
 
 
 def test_eval_is_deterministic_and_checkpoint_reproduces(tmp_path):
@@ -354,6 +420,24 @@ def test_contrastive_loss_warmup_and_storage():
     net.eval()
     net(x)
     assert all(m.stored_embeddings is None for m in net.attention.values())
+
+
+def test_contrastive_loss_averages_modules_by_default():
+    """Eq. 12 names one L_cl: the module terms are averaged (public code); module_reduction: sum adds them."""
+    torch.manual_seed(0)
+    net = tiny_enlcn()
+    x = torch.rand(2, 3, 12, 12)
+    terms = {}
+    for mode in ('mean', 'sum'):
+        loss = ENLCAContrastiveLoss(loss_weight=1.0, num_queries=None, warmup_iter=0, module_reduction=mode)
+        loss(net, 0)  # asks the modules to store their embeddings
+        net(x)
+        terms[mode] = loss(net, 1)
+    modules = list(net.attention.values())
+    assert len(modules) > 1
+    torch.testing.assert_close(terms['sum'], terms['mean'] * len(modules))
+    with pytest.raises(ValueError, match='^module_reduction'):
+        ENLCAContrastiveLoss(module_reduction='max')
 
 
 def test_contrastive_loss_arguments():

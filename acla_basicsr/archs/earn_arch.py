@@ -34,10 +34,20 @@ class EARN(nn.Module):
         use_asca (bool): Use the ASCA layers. Default: True.
         use_local_attention (bool): Use the local self-attention in the mask branches. Default: True.
         use_skip_connections (bool): Use the global skip and the E-RABs' local skips. Default: True.
-        img_range (float): Image range. Default: 255.
+        use_mask_branch (bool): Use the mask branches; False gives ``trunk(a) + x`` in every E-RAB
+            (an ablation of this project). Default: True.
+        scale_logits (bool): Multiply the local attention's logits by ``1/sqrt(d)`` (d channels
+            per head), which keeps its softmax trainable at initialisation; False is Eq. 5 as
+            printed (see :class:`~acla_basicsr.archs.earn_modules.LocalSelfAttention`). Default: True.
+        img_range (float): Inputs are scaled to ``img_range`` after the mean is subtracted. Default: 1,
+            as in SwinIR and other attention networks of basicsr: with 255 (the EDSR/RNAN code that EARN
+            builds on) the local attention's logits start with a standard deviation of 40-300 and its
+            softmax near an argmax even with ``scale_logits`` (measured; docs/earn.md).
         rgb_mean (tuple[float]): Image mean in RGB orders. Default: (0.4488, 0.4371, 0.4040),
             the DIV2K mean.
     """
+
+    TAIL_BAND_ELEMENTS = 2**22  # upsampled numbers computed at a time without grad (16 MiB in float32)
 
     def __init__(self,
                  num_in_ch=3,
@@ -51,17 +61,21 @@ class EARN(nn.Module):
                  use_asca=True,
                  use_local_attention=True,
                  use_skip_connections=True,
-                 img_range=255.,
+                 use_mask_branch=True,
+                 scale_logits=True,
+                 img_range=1.,
                  rgb_mean=(0.4488, 0.4371, 0.4040)):
         super().__init__()
         self._check_args(num_in_ch, num_feat, num_block, upscale, reduction, window_size, num_heads, rgb_mean)
         self.img_range = img_range
+        self.upscale = upscale
         self.use_skip_connections = use_skip_connections
         self.register_buffer('mean', torch.Tensor(rgb_mean).view(1, num_in_ch, 1, 1))
 
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
         self.body = nn.Sequential(*[
-            ERAB(num_feat, reduction, window_size, num_heads, use_asca, use_local_attention, use_skip_connections)
+            ERAB(num_feat, reduction, window_size, num_heads, use_asca, use_local_attention, use_skip_connections,
+                 use_mask_branch, scale_logits)
             for _ in range(num_block)
         ])
         self.conv_after_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
@@ -83,8 +97,9 @@ class EARN(nn.Module):
         if not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
             raise ValueError(f'window_size: {window_size} must be an odd positive integer (the window is centred '
                              'on its pixel); use e.g. 3, 5 or 7.')
-        if not isinstance(num_heads, int) or num_heads < 1 or num_feat % num_heads or (num_feat // num_heads) < 1:
-            raise ValueError(f'num_heads: {num_heads} does not divide num_feat {num_feat}; use a divisor such as 4.')
+        if not isinstance(num_heads, int) or num_heads < 1 or num_feat % num_heads or (num_feat // num_heads) % 2:
+            raise ValueError(f'num_heads: {num_heads} does not divide num_feat {num_feat} into heads of an even number '
+                             'of channels (half row, half column embeddings); use a divisor such as 4.')
         if len(rgb_mean) != num_in_ch:
             raise ValueError(f'rgb_mean: {len(rgb_mean)} values for num_in_ch {num_in_ch}; give one per channel.')
 
@@ -94,6 +109,30 @@ class EARN(nn.Module):
         x = self.conv_first(x)
         res = self.conv_after_body(self.body(x))
         if self.use_skip_connections:
-            res = res + x
-        x = self.conv_last(self.upsample(res))
+            res += x
+        del x
+        x = self.conv_last(self.upsample(res)) if torch.is_grad_enabled() else self.tail_in_bands(res)
         return x / self.img_range + self.mean
+
+    def tail_in_bands(self, res):
+        """``conv_last(upsample(res))`` computed in bands of rows, without grad: the same values.
+
+        The upsampler's ``scale^2 num_feat``-channel map and its pixel-shuffled copy are the largest
+        tensors of inference (2 x 256 MiB for a 512x512 x2 input); bands of at most
+        ``TAIL_BAND_ELEMENTS`` upsampled numbers bound them. Each band is computed with 2 extra rows
+        of ``res`` above and below (the receptive field of the 3x3 convolutions before and after the
+        pixel shuffles is less than 2 low-resolution rows), which are cropped off, so that each band's
+        output equals the full computation's.
+        """
+        n, c, h, w = res.shape
+        s, halo = self.upscale, 2
+        rows = max(1, self.TAIL_BAND_ELEMENTS // (n * c * s * s * w))
+        out = None
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            start, stop = max(0, top - halo), min(h, bottom + halo)
+            band = self.conv_last(self.upsample(res[:, :, start:stop]))
+            if out is None:
+                out = band.new_empty(n, band.shape[1], h * s, w * s)
+            out[:, :, top * s:bottom * s] = band[:, :, (top - start) * s:(bottom - start) * s]
+        return out

@@ -95,31 +95,53 @@ def local_windows(x, window_size):
 class LocalSelfAttention(nn.Module):
     """Local self-attention with relative position embeddings (EARN, Eq. 5).
 
-    ``y_ij = sum_{ab in N_k(i,j)} softmax_ab(q_ij^T k_ab + q_ij^T r_{a-i,b-j}) v_ab``, where the
-    queries, keys and values come from 1x1 convs and ``N_k(i, j)`` is the ``k x k`` window
+    ``y_ij = sum_{ab in N_k(i,j)} softmax_ab(s (q_ij^T k_ab + q_ij^T r_{a-i,b-j})) v_ab``, where
+    the queries, keys and values come from 1x1 convs and ``N_k(i, j)`` is the ``k x k`` window
     centred on ``(i, j)``. As in Stand-Alone Self-Attention (the paper's reference [6]), the
     channels are split into ``num_heads`` heads, each with its own softmax, and the relative
-    embedding of offset ``(a-i, b-j)`` is a row embedding of ``a-i`` on the first half of the
-    channels concatenated with a column embedding of ``b-j`` on the second half. There is no
-    ``1/sqrt(d)`` scaling, as in Eq. 5.
+    embedding of offset ``(a-i, b-j)`` is a row embedding of ``a-i`` concatenated with a column
+    embedding of ``b-j``: within every head, the first half of its channels carries the row
+    embedding and the second half the column embedding, so that every head sees both offsets.
+
+    Scale ``s``: Eq. 5 has none (``scale_logits: false``). With EARN's inputs in 0..255 its logits
+    start with a standard deviation of hundreds and the softmax near an argmax, where its gradient
+    vanishes (SPEC section 5, measured); ``scale_logits: true`` (default) multiplies them by
+    ``1 / sqrt(d)``, d the channels of a head, as in Transformers and SASA.
 
     Borders: the window is cut at the image border; neighbours outside the image are left out
     of the softmax (their logits are -inf), so no padding value ever enters the output. Any odd
-    window size and any input size work. The forward pass is vectorised: the neighbourhoods are
-    strided views of the zero-padded keys and values (``Tensor.unfold``, no copy) contracted with
-    ``einsum``; its memory is ``O(k^2 C H W)`` per image.
+    window size and any input size work.
+
+    Memory: no k x k copy of the keys and values is made. The ``k^2`` window offsets are visited
+    in turn, each a shifted view of the zero-padded keys (values) contracted with the queries
+    (attention weights) over all images and all pixels of a band of rows at once; the 1x1
+    projections are computed band by band too. Without grad, the memory beyond the output is the
+    queries, keys and values of one band and its logits and weights (at most ``BAND_ELEMENTS``
+    numbers each: small bands also keep the allocator's heap from fragmenting, measured). With
+    grad the whole map is one band, since autograd keeps every band anyway: the weights,
+    ``k^2 x num_heads`` numbers per pixel (196 for k = 7 and 4 heads: about 3 times a 64-channel
+    feature map), and the queries, keys and values.
 
     Args:
-        num_feat (int): Channel number of input and output; even and divisible by num_heads.
-            Default: 64.
+        num_feat (int): Channel number of input and output; divisible by num_heads, with an even
+            number of channels per head. Default: 64.
         window_size (int): Odd side of the local window (k). Default: 7 (as in SASA).
         num_heads (int): Number of attention heads. Default: 4.
+        scale_logits (bool): Multiply the logits by ``1 / sqrt(num_feat / num_heads)``; False is
+            Eq. 5 as printed. Default: True.
     """
 
-    def __init__(self, num_feat=64, window_size=7, num_heads=4):
+    BAND_ELEMENTS = 2**20  # logits computed at a time without grad (4 MiB in float32)
+
+    def __init__(self, num_feat=64, window_size=7, num_heads=4, scale_logits=True):
         super().__init__()
+        if num_feat % num_heads or (num_feat // num_heads) % 2:
+            raise ValueError(f'num_heads: {num_heads} must divide num_feat {num_feat} into heads of an even number '
+                             'of channels (half row, half column embeddings); use e.g. 4 with 64 channels.')
         self.window_size = window_size
         self.num_heads = num_heads
+        self.scale_logits = scale_logits
+        self.scale = (num_feat // num_heads)**-0.5 if scale_logits else 1.
         self.query = nn.Conv2d(num_feat, num_feat, 1, bias=False)
         self.key = nn.Conv2d(num_feat, num_feat, 1, bias=False)
         self.value = nn.Conv2d(num_feat, num_feat, 1, bias=False)
@@ -128,26 +150,53 @@ class LocalSelfAttention(nn.Module):
         self.rel_col = nn.Parameter(torch.randn(num_feat - half, window_size) * half**-0.5)
 
     def relative_embeddings(self):
-        """``r`` of Eq. 5 as a (C, k, k) tensor: entry [:, a, b] embeds offset (a - k//2, b - k//2)."""
-        k = self.window_size
-        rows = self.rel_row[:, :, None].expand(-1, k, k)
-        cols = self.rel_col[:, None, :].expand(-1, k, k)
-        return torch.cat([rows, cols], dim=0)
+        """``r`` of Eq. 5 as a (C, k, k) tensor: entry [:, a, b] embeds offset (a - k//2, b - k//2).
+
+        Head g holds channels [g d, (g + 1) d): its first d/2 carry rows ``g d/2 .. (g + 1) d/2``
+        of ``rel_row`` (the row offset), its last d/2 the same rows of ``rel_col`` (the column offset).
+        """
+        k, heads = self.window_size, self.num_heads
+        rows = self.rel_row[:, :, None].expand(-1, k, k).reshape(heads, -1, k, k)
+        cols = self.rel_col[:, None, :].expand(-1, k, k).reshape(heads, -1, k, k)
+        return torch.cat([rows, cols], dim=1).reshape(-1, k, k)
 
     def forward(self, x):
         n, c, h, w = x.shape
         k, heads = self.window_size, self.num_heads
-        d = c // heads
-        q = self.query(x).view(n, heads, d, h, w)
-        keys = local_windows(self.key(x), k).view(n, heads, d, h, w, k, k)
-        values = local_windows(self.value(x), k).view(n, heads, d, h, w, k, k)
-        rel = self.relative_embeddings().view(heads, d, k, k)
-        # q^T k_ab + q^T r_{a-i,b-j}: (N, heads, H, W, k, k)
-        logits = torch.einsum('nhdij,nhdijab->nhijab', q, keys) + torch.einsum('nhdij,hdab->nhijab', q, rel)
-        inside = local_windows(x.new_ones(1, 1, h, w), k)[0] > 0  # (1, H, W, k, k): neighbour in the image
-        logits = logits.masked_fill(~inside, float('-inf'))
-        attn = torch.softmax(logits.flatten(-2), dim=-1).view_as(logits)
-        return torch.einsum('nhijab,nhdijab->nhdij', attn, values).reshape(n, c, h, w)
+        d, pad = c // heads, k // 2
+        rel = self.relative_embeddings().view(heads, d, k * k)
+        # neighbour (a, b) of pixel (i, j) inside the image: (k*k, H, W)
+        inside = local_windows(x.new_ones(1, 1, h, w), k)[0, 0].permute(2, 3, 0, 1).reshape(k * k, h, w) > 0
+        out = x.new_empty(n, heads, d, h, w)
+        # without grad, bands of rows, so that the logits of a band stay below BAND_ELEMENTS numbers; the 1x1
+        # projections are computed per band too (keys and values with the band's k//2 rows above and below),
+        # so that no full-size query, key or value map exists. With grad autograd keeps every band: one band.
+        rows = max(1, self.BAND_ELEMENTS // (n * heads * k * k * w)) if not torch.is_grad_enabled() else h
+        for top in range(0, h, rows):
+            bottom = min(h, top + rows)
+            q = self.query(x[:, :, top:bottom])
+            if self.scale != 1:
+                q = q * self.scale
+            q = q.view(n, heads, d, bottom - top, w)
+            # the projections have no bias, so projecting zero padding gives zeros: pad after projecting
+            halo = x[:, :, max(0, top - pad):min(h, bottom + pad)]
+            padding = (pad, pad, pad - (top - max(0, top - pad)), pad - (min(h, bottom + pad) - bottom))
+            keys = F.pad(self.key(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
+            values = F.pad(self.value(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
+            # q^T r_ab for every offset at once, then q^T k_ab added offset by offset: (N, heads, k*k, rows, W)
+            logits = torch.einsum('nhdij,hdo->nhoij', q, rel)
+            for o in range(k * k):
+                a, b = divmod(o, k)
+                logits[:, :, o] += (q * keys[:, :, :, a:a + bottom - top, b:b + w]).sum(2)
+            logits = logits.masked_fill_(~inside[:, top:bottom], float('-inf'))
+            attn = torch.softmax(logits, dim=2)
+            del logits, keys
+            band = torch.zeros_like(q)
+            for o in range(k * k):
+                a, b = divmod(o, k)
+                band = band.addcmul_(attn[:, :, o:o + 1], values[:, :, :, a:a + bottom - top, b:b + w])
+            out[:, :, :, top:bottom] = band
+        return out.view(n, c, h, w)
 
 
 class MaskBranch(nn.Module):
@@ -164,11 +213,14 @@ class MaskBranch(nn.Module):
         num_heads (int): Heads of the local self-attention. Default: 4.
         use_local_attention (bool): False replaces the local self-attention by the identity
             (the "w/o LA" ablation, EARN Table 2). Default: True.
+        scale_logits (bool): ``1/sqrt(d)`` on the attention logits (see LocalSelfAttention).
+            Default: True.
     """
 
-    def __init__(self, num_feat=64, window_size=7, num_heads=4, use_local_attention=True):
+    def __init__(self, num_feat=64, window_size=7, num_heads=4, use_local_attention=True, scale_logits=True):
         super().__init__()
-        self.attention = LocalSelfAttention(num_feat, window_size, num_heads) if use_local_attention else nn.Identity()
+        self.attention = (LocalSelfAttention(num_feat, window_size, num_heads, scale_logits)
+                          if use_local_attention else nn.Identity())
         self.down = nn.Conv2d(num_feat, num_feat, 3, 2, 1)
         self.body = EfficientResidualBlock(num_feat)
         self.up = nn.Sequential(nn.Conv2d(num_feat, 4 * num_feat, 3, 1, 1), nn.PixelShuffle(2))
@@ -178,7 +230,9 @@ class MaskBranch(nn.Module):
         h, w = x.shape[-2:]
         feat = self.attention(x)
         up = self.up(self.body(self.down(feat)))[..., :h, :w]
-        return torch.sigmoid(self.conv_last(up + feat))
+        up += feat  # in place, and feat freed: inference on large images peaks here
+        del feat
+        return torch.sigmoid_(self.conv_last(up))
 
 
 class ERAB(nn.Module):
@@ -198,6 +252,9 @@ class ERAB(nn.Module):
         use_local_attention (bool): False leaves out the local self-attention ("w/o LA").
             Default: True.
         use_skip (bool): False drops the ``+ x`` of Eq. 4 (part of "w/o SC"). Default: True.
+        use_mask_branch (bool): False leaves out the mask branch: ``trunk(a) + x`` (an ablation
+            of this project, not in Table 2). Default: True.
+        scale_logits (bool): ``1/sqrt(d)`` on the attention logits. Default: True.
     """
 
     def __init__(self,
@@ -207,19 +264,27 @@ class ERAB(nn.Module):
                  num_heads=4,
                  use_asca=True,
                  use_local_attention=True,
-                 use_skip=True):
+                 use_skip=True,
+                 use_mask_branch=True,
+                 scale_logits=True):
         super().__init__()
         self.use_skip = use_skip
         self.conv_first = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.asca = ASCALayer(num_feat, reduction) if use_asca else nn.Identity()
         self.pre = ResidualBlockNoBN(num_feat)
         self.trunk = make_layer(ResidualBlockNoBN, 2, num_feat=num_feat)
-        self.mask = MaskBranch(num_feat, window_size, num_heads, use_local_attention)
+        self.mask = (MaskBranch(num_feat, window_size, num_heads, use_local_attention, scale_logits)
+                     if use_mask_branch else None)
         self.post = make_layer(ResidualBlockNoBN, 2, num_feat=num_feat)
 
     def forward(self, x):
         att = self.pre(self.asca(self.conv_first(x)))
-        out = self.trunk(att) * self.mask(att)
+        if self.mask is None:
+            out = self.trunk(att)
+        else:  # the mask first: its peak then comes without the trunk's output alive
+            mask = self.mask(att)
+            out = self.trunk(att) * mask
+            del mask
         if self.use_skip:
             out = out + x
         return self.post(out)

@@ -17,6 +17,11 @@ class ENLCN(EDSR):
     The paper's network has 32 blocks of 256 channels and five modules: after the head and after
     every 8 blocks. Module p draws its random matrices with seed ``seed + p``.
 
+    Each module adds ``attention_res_scale * attention(x)`` to its input: 0.1, the public ENLCA
+    code's ``res_scale`` (the paper does not say; at 1 the five attention outputs would enter the
+    0.1-scaled trunk at ten times the public scale). Embeddings are plain 1x1 convolutions as in
+    the public code (``embedding_activation: prelu`` adds a PReLU after each).
+
     Args:
         num_in_ch (int): Channel number of inputs. Default: 3.
         num_out_ch (int): Channel number of outputs. Default: 3.
@@ -35,6 +40,8 @@ class ENLCN(EDSR):
         redraw_every (int): Training forward passes between draws of the random matrices (the
             paper: every epoch, 1000 iterations); 0 never redraws. Default: 1000.
         seed (int): Base seed of the random matrices. Default: 0.
+        attention_res_scale (float): Scale of each ENLCA output before its residual add. Default: 0.1.
+        embedding_activation (str | None): None (plain 1x1 embeddings) or 'prelu'. Default: None.
     """
 
     def __init__(self,
@@ -52,7 +59,9 @@ class ENLCN(EDSR):
                  amplification=6.,
                  orthogonal=True,
                  redraw_every=1000,
-                 seed=0):
+                 seed=0,
+                 attention_res_scale=0.1,
+                 embedding_activation=None):
         if not isinstance(num_block, int) or num_block < 0:
             raise ValueError(f'num_block: {num_block!r} must be an integer >= 0.')
         if not isinstance(upscale, int) or upscale < 1 or (upscale & (upscale - 1) and upscale != 3):
@@ -70,7 +79,8 @@ class ENLCN(EDSR):
         super().__init__(num_in_ch, num_out_ch, num_feat, num_block, upscale, res_scale, img_range, rgb_mean)
         self.attention_positions = sorted(attention_positions)
         self.attention = nn.ModuleDict({
-            str(p): ENLCA(num_feat, num_embed_feat, num_samples, amplification, orthogonal, redraw_every, seed + p)
+            str(p): ENLCA(num_feat, num_embed_feat, num_samples, amplification, orthogonal, redraw_every, seed + p,
+                          attention_res_scale, embedding_activation)
             for p in self.attention_positions
         })
 

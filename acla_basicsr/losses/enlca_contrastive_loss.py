@@ -36,8 +36,10 @@ class ENLCAContrastiveLoss(nn.Module):
     ``net`` (any network), asks them to keep their embeddings from the next training forward pass
     on, and reads what they kept. It returns None (no term) during the warm-up and at the first
     iteration after it (or after resuming), when no module has kept anything yet. Per module the
-    'mean' reduction averages over images and query rows; module terms are summed (Eq. 12 with
-    lambda_cl = ``loss_weight`` for each module).
+    'mean' reduction averages over images and query rows; the module terms are then averaged
+    (``module_reduction: mean``, as the public code's trainer does before weighting: Eq. 12 names
+    one L_cl, weighted by lambda_cl = ``loss_weight``), or summed (``module_reduction: sum``,
+    this project's first version: five modules weigh five times as much).
 
     Args:
         loss_weight (float): lambda_cl of Eq. 12. Default: 1e-3.
@@ -50,6 +52,8 @@ class ENLCAContrastiveLoss(nn.Module):
             iterations). Default: 150000.
         num_queries (int | None): Query rows per image (None: all N). Default: 1024.
         hinge (bool): max(0, b - log ratio) per row; False: -log ratio + b as printed. Default: True.
+        module_reduction (str): 'mean' or 'sum' of the module terms ('mean' and 'sum' reductions
+            only). Default: 'mean'.
     """
 
     def __init__(self,
@@ -60,7 +64,8 @@ class ENLCAContrastiveLoss(nn.Module):
                  margin=1.,
                  warmup_iter=150000,
                  num_queries=1024,
-                 hinge=True):
+                 hinge=True,
+                 module_reduction='mean'):
         super().__init__()
         if reduction not in _reduction_modes:
             raise ValueError(f'Unsupported reduction mode: {reduction}. Supported ones are: {_reduction_modes}')
@@ -70,6 +75,9 @@ class ENLCAContrastiveLoss(nn.Module):
             raise ValueError(f'warmup_iter: {warmup_iter!r} must be an integer >= 0.')
         if num_queries is not None and (not isinstance(num_queries, int) or num_queries < 1):
             raise ValueError(f'num_queries: {num_queries!r} must be a positive integer or ~ (all rows).')
+        if module_reduction not in ('mean', 'sum'):
+            raise ValueError(f"module_reduction: unknown value {module_reduction!r}; use 'mean' (public code) or 'sum'.")
+        self.module_reduction = module_reduction
         self.loss_weight = loss_weight
         self.reduction = reduction
         self.n1 = n1
@@ -127,10 +135,10 @@ class ENLCAContrastiveLoss(nn.Module):
         if not active or any(s is None for s, _ in stored):
             return None
         terms = [self.row_losses(q, k, amplification) for (q, k), amplification in stored]
-        if self.reduction == 'mean':
-            loss = sum(t.mean() for t in terms)
-        elif self.reduction == 'sum':
-            loss = sum(t.sum() for t in terms)
-        else:
+        if self.reduction == 'none':
             loss = torch.cat([t.flatten() for t in terms])
+        else:
+            loss = sum(t.mean() if self.reduction == 'mean' else t.sum() for t in terms)
+            if self.module_reduction == 'mean':
+                loss = loss / len(terms)
         return self.loss_weight * loss
