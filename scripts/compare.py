@@ -209,7 +209,7 @@ def evaluate(net, opt, sets, channel):
 def describe(network_opt):
     keys = ('num_feat', 'num_block', 'upscale', 'attention_positions', 'num_samples', 'window_size', 'num_heads',
             'use_asca', 'use_local_attention', 'use_mask_branch', 'use_skip_connections', 'attention_res_scale',
-            'num_keys')
+            'attention', 'insert_positions', 'num_keys')
     args = ', '.join(f'{k}={network_opt[k]}' for k in keys if k in network_opt)
     return f"{network_opt['type']}({args})"
 
@@ -223,27 +223,27 @@ def mean_spread(values, digits):
 def tables(rows, val_sets, iters, seeds, channel):
     """The summary and detailed markdown tables."""
     ch = 'Y' if channel == 'y' else 'RGB'
-    head = ['options file', 'network', 'params (M)', 'MACs (G) @48x48', 'eff. MACs (G)']
+    head = ['options file', 'network', 'params (M)', 'MACs (M) @48x48', 'eff. MACs (M)']
     head += [f'{s} PSNR-{ch}' for s in val_sets] + [f'{s} SSIM-{ch}' for s in val_sets]
     head += ['train time / run (s)']
     lines = [f'{iters} iterations per run, seeds {", ".join(map(str, seeds))}; PSNR/SSIM: mean ± sample std '
              'over seeds.', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in rows:
         runs = row['runs']
-        cells = [f"`{row['file']}`", row['network'], f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e9:.3f}",
-                 f"{statistics.fmean(r['eff_macs'] for r in runs) / 1e9:.3f}"]
+        cells = [f"`{row['file']}`", row['network'], f"{row['params'] / 1e6:.3f}", f"{row['macs'] / 1e6:.2f}",
+                 f"{statistics.fmean(r['eff_macs'] for r in runs) / 1e6:.2f}"]
         cells += [mean_spread([r['metrics'][s][0] for r in runs], 2) for s in val_sets]
         cells += [mean_spread([r['metrics'][s][1] for r in runs], 4) for s in val_sets]
         cells.append(f"{statistics.fmean(r['wall'] for r in runs):.0f}")
         lines.append('| ' + ' | '.join(cells) + ' |')
     head = ['options file', 'seed'] + [f'{s} PSNR-{ch}' for s in val_sets] + [f'{s} SSIM-{ch}' for s in val_sets]
-    head += ['eff. MACs (G)', 'train time (s)']
+    head += ['eff. MACs (M)', 'train time (s)']
     lines += ['', 'Every run:', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in rows:
         for r in row['runs']:
             cells = [f"`{row['file']}`", str(r['seed'])]
             cells += [f"{r['metrics'][s][0]:.4f}" for s in val_sets] + [f"{r['metrics'][s][1]:.5f}" for s in val_sets]
-            cells += [f"{r['eff_macs'] / 1e9:.3f}", f"{r['wall']:.0f}"]
+            cells += [f"{r['eff_macs'] / 1e6:.2f}", f"{r['wall']:.0f}"]
             lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 
