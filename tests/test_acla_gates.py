@@ -23,12 +23,7 @@ from acla_basicsr.models.search_utils import CONFIG_FILE
 from acla_basicsr.utils import OptionError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')

@@ -169,13 +169,7 @@ def exported(root):
         return yaml.safe_load(f)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The in-process searches run with one thread: faster than two on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # in-process searches: faster than two threads on a busy machine
 
 
 @pytest.mark.parametrize('lam, mode, iters', [(0.0, 'joint', 150), (1000.0, 'joint', 50), (1000.0, 'alternate', 50)])
