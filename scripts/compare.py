@@ -60,15 +60,15 @@ class CompareError(Exception):
 
 
 def load_options(path):
-    if not osp.isfile(path):
-        raise CompareError(f'-opt: {path} does not exist; give the path of an options YAML file.')
+    sys.path.insert(0, REPO)
+    from acla_basicsr.utils import OptionError
+    from acla_basicsr.utils.launch import read_options_file
     try:
-        with open(path) as f:
-            opt = yaml.safe_load(f)
-    except yaml.YAMLError as error:
-        raise CompareError(f'-opt: {path} is not valid YAML ({str(error).splitlines()[0]}); fix the file.') from None
+        opt = read_options_file(path)
+    except OptionError as error:
+        raise CompareError(str(error)) from None
     for key in ('network_g', 'train', 'scale'):
-        if not isinstance(opt, dict) or key not in opt:
+        if key not in opt:
             raise CompareError(f'-opt: {path} has no {key}; give a training options file (see options/train/).')
     return opt
 

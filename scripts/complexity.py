@@ -8,7 +8,7 @@ attention matrices of NL / CLNL); it does not count the key aggregation of CLA /
 the column 'aggregation'), softmax, or element-wise operations. The paper's EDSR-large baseline is 93.97 G;
 the counter gives 93.85 G.
 
-With ``-opt OPTIONS --checkpoint CKPT`` it also measures a trained ACLA network: it runs the network on the
+With ``-opt OPTIONS --checkpoint CKPT`` it measures a trained ACLA network instead: it runs the network on the
 LR images of ``--images`` (default: the example validation images), counts the keys its gates keep open, and
 prints its effective MACs (closed keys compute neither offsets nor logit, flop-counter convention) beside the
 dense count and the same network with CLA (every key open, no gates): ACLA Table 8's ACLA-below-CLA ordering,
@@ -122,9 +122,9 @@ def checkpoint_report(opt_path, checkpoint, images, size, param_key):
     with open(opt_path) as f:
         network_opt = dict(yaml.safe_load(f)['network_g'])
     cls = ARCH_REGISTRY.get(network_opt.pop('type'))
-    if network_opt.get('attention') != 'acla' or not hasattr(cls, 'effective_macs'):
-        fail(f'-opt: {opt_path} does not describe an ACLA network (network_g.attention: acla).')
     net = cls(**network_opt)
+    if getattr(net, 'attention_type', None) != 'acla':
+        fail(f'-opt: {opt_path} does not describe an ACLA network (ACLAEDSR / ACLARCAN with attention: acla).')
     state = torch.load(checkpoint, map_location='cpu', weights_only=True)
     key = param_key or ('params_ema' if 'params_ema' in state else 'params')
     if key not in state:
@@ -178,6 +178,9 @@ def main():
     args = parser.parse_args()
     if bool(args.opt) != bool(args.checkpoint):
         fail('-opt and --checkpoint go together: the options file of the trained network and its checkpoint.')
+    if args.checkpoint:
+        checkpoint_report(args.opt, args.checkpoint, args.images, args.size, args.param_key)
+        return
 
     print('Params (M) and MACs (G) for one 48x48 LR input at x2; MACs = FlopCounterMode FLOPs / 2 (key aggregation '
           'not counted).')
@@ -212,8 +215,6 @@ def main():
     print(f'Analytic module MACs (CrossLayerAttention.macs etc.) vs the counter: largest difference {worst:.2e} G.')
     print('ACLA rows have every key computed (dense); for a trained network, -opt and --checkpoint print its '
           'effective MACs from the keys its gates keep open.')
-    if args.checkpoint:
-        checkpoint_report(args.opt, args.checkpoint, args.images, args.size, args.param_key)
 
 
 if __name__ == '__main__':

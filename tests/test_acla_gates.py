@@ -103,7 +103,9 @@ def test_macs_count_open_keys_and_effective_macs_follow_the_counter():
     num_layer_pairs = sum(range(1, len(net.attention) + 1))
     saved = num_layer_pairs * 2 * 3 * 8 * size[0] * size[1]
     assert net.effective_macs(*size) == pytest.approx(dense - saved, rel=1e-12)
-    # the MAC term: every open key also costs its aggregation (4 C); expectation from sigmoid(g)
+    # the MAC term (after a training pass): every open key also costs its aggregation (4 C); expectation from
+    # sigmoid(g)
+    net.train()(x)
     expected = net.expected_attention_macs(*size).item()
     hw, c = size[0] * size[1], 8
     analytic = sum(hw * (c * c + (index + 1) * (c * c + 4 * c + 2 * 7 * c)) for index in range(len(net.attention)))
@@ -243,3 +245,36 @@ def test_search_closes_useless_candidates_first(tmp_path, data):
     useful = [i for i in range(4) if i not in useless]
     assert probs[useless].max() < 0.5, probs
     assert probs[useless].max() < probs[useful].min(), probs
+
+
+# ---------------------------------------------------------------------- effective MACs of a checkpoint
+def test_complexity_reports_a_checkpoints_measured_keys_and_effective_macs(tmp_path):
+    import subprocess
+    import sys
+
+    import cv2
+    import numpy as np
+    network = {'type': 'ACLAEDSR', 'num_feat': 8, 'num_block': 2, 'upscale': 2, 'res_scale': 1,
+               'insert_positions': [1, 2], 'num_keys': 4}
+    (tmp_path / 'opt.yml').write_text(yaml.safe_dump({'network_g': network}))
+    torch.manual_seed(0)
+    net = ACLAEDSR(**{k: v for k, v in network.items() if k != 'type'})
+    with torch.no_grad():
+        for module in net.attention:  # keys 0 and 1 of every key layer closed, 2 and 3 open
+            module.gate.bias.view(-1, 4)[:, :2] = -50.0
+    torch.save({'params': net.state_dict()}, tmp_path / 'net.pth')
+    (tmp_path / 'lr').mkdir()
+    cv2.imwrite(str(tmp_path / 'lr' / 'a.png'), np.random.default_rng(0).integers(0, 255, (12, 10, 3), np.uint8))
+    script = osp.join(ROOT, 'scripts', 'complexity.py')
+    run = subprocess.run([sys.executable, script, '-opt', str(tmp_path / 'opt.yml'), '--checkpoint',
+                          str(tmp_path / 'net.pth'), '--images', str(tmp_path / 'lr'), '--size', '16'],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert 'mean open keys per key layer: 2.00 of 4 (50.0 %)' in run.stdout
+    assert 'ACLA effective below CLA' in run.stdout
+    saved = 3 * 2 * 3 * 8 * 16 * 16  # 3 (module, key layer) pairs, 2 closed keys, 3 C MACs each, per pixel
+    dense = counted_macs(lambda: ACLAEDSR(**{k: v for k, v in network.items() if k != 'type'}), 16, 16)
+    assert f'| ACLA effective (measured open keys) | {(dense - saved) / 1e6:.3f} |' in run.stdout
+    bad = subprocess.run([sys.executable, script, '-opt', str(tmp_path / 'opt.yml'), '--checkpoint',
+                          str(tmp_path / 'missing.pth')], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and bad.stderr.strip() == f'error: --checkpoint: {tmp_path / "missing.pth"} is not a file.'

@@ -415,8 +415,8 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
     output as it changes the evaluation output (:meth:`CrossLayerAttention.key_weights`).
 
     Observable after each forward pass: :attr:`last_active_keys` ((L,) mean number of open keys per key layer,
-    detached) and :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g), differentiable in training: the
-    expectation the MAC penalty uses). Evaluation passes also accumulate the open keys until
+    detached); after each training pass :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g),
+    differentiable: the expectation the MAC penalty uses). Evaluation passes also accumulate the open keys until
     :meth:`reset_key_stats` (:meth:`measured_active_keys`), for the effective MACs of a trained network.
 
     Args:
@@ -472,10 +472,11 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
                 gates = (noisy > 0).to(gates) + (gates - gates.detach())  # exactly hard in forward
         else:
             gates = (logits > 0).to(logits)
-        self.expected_open_keys = torch.sigmoid(logits).sum(2).mean((0, 2, 3))
         active = gates.detach().sum(2)
         self.last_active_keys = active.mean((0, 2, 3))
-        if not self.training:
+        if self.training:  # the expectation the MAC term differentiates
+            self.expected_open_keys = torch.sigmoid(logits).sum(2).mean((0, 2, 3))
+        else:
             self._key_sum = self._key_sum.to(active) + active.sum((0, 2, 3))
             self._key_count += active[:, 0].numel()
         return gates
@@ -493,7 +494,7 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         return (self._key_sum / self._key_count).tolist() if self._key_count else None
 
     def expected_macs(self, height, width, layer_probs=None, aggregation=True):
-        """Expected MACs of this module at (height, width) under its gates of the last forward pass.
+        """Expected MACs of this module at (height, width) under its gates of the last training pass.
 
         ``HW (C^2 + sum_l P_l (C^2 + K C + n_l (3 + 4) C))`` with ``n_l`` = :attr:`expected_open_keys` (the keys
         of layer l open in expectation, differentiable in the gate logits) and ``P_l`` the probability that

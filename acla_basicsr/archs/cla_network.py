@@ -192,7 +192,7 @@ class CrossLayerAttentionMixin:
         return cache[(height, width)]
 
     def expected_attention_macs(self, height, width):
-        """Expected MACs of the attention modules under the key gates of the last forward pass (differentiable).
+        """Expected MACs of the attention modules under the key gates of the last training pass (differentiable).
 
         The MAC term of RestorationModel's ``train.macs_penalty``: every open key costs its offsets, logit and
         aggregation (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other

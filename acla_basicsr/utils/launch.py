@@ -17,11 +17,8 @@ def normalise_argv(argv):
     return [re.sub(r'^--local-rank', '--local_rank', arg) for arg in argv]
 
 
-def _raw_options_from_argv(argv):
-    """The ``-opt`` file as YAML read it (before basicsr's ``parse_options``), or None without ``-opt``."""
-    if '-opt' not in argv or argv.index('-opt') + 1 >= len(argv):
-        return None
-    path = argv[argv.index('-opt') + 1]
+def read_options_file(path):
+    """An options YAML file as a dict; a one-line :class:`OptionError` for a missing, invalid or non-mapping file."""
     if not os.path.isfile(path):
         raise OptionError(f'-opt: {path} does not exist; give the path of an options YAML file.')
     try:
@@ -32,6 +29,13 @@ def _raw_options_from_argv(argv):
     if not isinstance(opt, dict):
         raise OptionError(f'-opt: {path} is not a YAML mapping of options; see options/train/ for examples.')
     return opt
+
+
+def _raw_options_from_argv(argv):
+    """The ``-opt`` file as YAML read it (before basicsr's ``parse_options``), or None without ``-opt``."""
+    if '-opt' not in argv or argv.index('-opt') + 1 >= len(argv):
+        return None
+    return read_options_file(argv[argv.index('-opt') + 1])
 
 
 def _dist_params_from_argv(argv):
