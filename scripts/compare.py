@@ -49,7 +49,6 @@ import sys
 import time
 import uuid
 
-import yaml
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 FAR = 10**9  # an iteration count no run reaches: pushes validation and checkpoints past the end
