@@ -18,7 +18,7 @@ from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.cla_modules import (AdaptiveCrossLayerAttention, CrossLayerAttention,
                                             CrossLayerNonLocalAttention, NonLocalAttention, dot_product_attention,
-                                            sample_keys)
+                                            sample_keys, set_sampling_method)
 from acla_basicsr.utils import OptionError, check_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -180,6 +180,23 @@ def test_closed_gates_make_identity_and_closed_keys_get_no_weight():
             module.gate.bias.fill_(-1.0)
         x = torch.rand(1, 3, 8, 8)
         assert torch.allclose(net(x), plain.eval()(x), atol=1e-6)
+
+
+def test_set_sampling_method_switches_every_module_to_the_same_function():
+    """set_sampling_method (e.g. 'grid_sample' for an ONNX export) changes how keys are sampled, not the output."""
+    torch.manual_seed(0)
+    net = ACLAEDSR(num_in_ch=3, num_out_ch=3, num_feat=8, num_block=2, upscale=2, attention='acla', num_keys=3,
+                   insert_positions=[1, 2]).eval()
+    for module in net.modules():
+        if isinstance(module, CrossLayerAttention):
+            randomise(module, std=1.0)
+    x = torch.rand(1, 3, 7, 9)
+    with torch.no_grad():
+        gathered = net(x)
+        assert set_sampling_method(net, 'grid_sample') == 2
+        assert torch.allclose(net(x), gathered, atol=1e-5)
+    with pytest.raises(ValueError, match="method: 'bogus' is unknown"):
+        set_sampling_method(net, 'bogus')
 
 
 def test_zero_layer_weight_removes_a_key_layer():

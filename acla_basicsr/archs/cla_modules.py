@@ -235,6 +235,24 @@ def sample_keys(values, offsets, weights, max_memory_mb=DEFAULT_MAX_MEMORY_MB, m
     return out
 
 
+def set_sampling_method(network, method):
+    """Make every CLA/ACLA module of ``network`` sample its keys with ``method`` (see :func:`sample_keys`).
+
+    Args:
+        network (nn.Module): Any network (the modules are found among its submodules).
+        method (str): One of the methods of :func:`sample_keys`.
+
+    Returns:
+        int: The number of modules set.
+    """
+    if method not in _SAMPLERS:
+        raise ValueError(f"method: '{method}' is unknown; use one of {', '.join(_SAMPLERS)}.")
+    modules = [m for m in network.modules() if isinstance(m, CrossLayerAttention)]
+    for module in modules:
+        module.sampling_method = method
+    return len(modules)
+
+
 def _attend(q, k, v, scale):
     return torch.softmax(torch.matmul(q, k) * scale, dim=-1).matmul(v)
 
@@ -302,6 +320,9 @@ class CrossLayerAttention(nn.Module):
 
     heads_per_key = 3  # 1x1 conv output channels per key and key layer: 2 offsets + 1 logit
     gated_heads_per_key = 3  # of which a closed key does not need (its offsets and logit)
+    # how sample_keys aggregates the keys (a runtime choice, not a YAML key: every method computes the same
+    # function); set it on a whole network with set_sampling_method, e.g. 'grid_sample' for an ONNX export
+    sampling_method = 'gather'
 
     def __init__(self, num_feat, num_key_layers, num_keys=8, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__()
@@ -363,7 +384,8 @@ class CrossLayerAttention(nn.Module):
         b, _, h, w = x.shape
         values = torch.stack([proj(layer) for proj, layer in zip(self.value, key_layers)], 1)
         offsets = self.offset(x).view(b, self.num_key_layers, self.num_keys, 2, h, w)
-        update = sample_keys(values, offsets, self.key_weights(x, layer_weights), self.max_memory_mb)
+        update = sample_keys(values, offsets, self.key_weights(x, layer_weights), self.max_memory_mb,
+                             method=self.sampling_method)
         return x + self.proj(update)
 
     @classmethod
