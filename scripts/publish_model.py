@@ -25,6 +25,7 @@ import argparse
 import glob
 import os
 import re
+import shlex
 import sys
 from os import path as osp
 
@@ -165,6 +166,7 @@ def main(argv=None):
     parser.add_argument('--train-command', help='the exact training command (default: train.py -opt OPTIONS)')
     parser.add_argument('--trained-on', default='not stated', help='hardware, e.g. "1 NVIDIA H100"')
     parser.add_argument('--description', default='', help='text for the card, after the standard paragraph')
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
 
     import acla_basicsr  # noqa: F401  (registers the networks)
@@ -178,7 +180,7 @@ def main(argv=None):
     except OptionError as error:
         fail(str(error).replace('-opt: ', '', 1))
     params, param_key = load_params(args.model, args.param_key)
-    check_fits(opt, params, args.model)
+    net = check_fits(opt, params, args.model)
     logs = read_logs(args.metrics, params)
     name = args.name or opt.get('name') or osp.splitext(osp.basename(args.opt))[0]
     network_g = dict(opt['network_g'])
@@ -196,6 +198,7 @@ def main(argv=None):
         'model_name': name,
         'architecture': network_g['type'],
         'network_g': network_g,
+        'parameters': sum(p.numel() for p in net.parameters()),
         'scale': opt.get('scale', network_g.get('upscale', 1)),
         'task': task_of(opt),
         'training_data': {k: train[k] for k in ('name', 'type', 'dataroot_gt', 'dataroot_lq', 'degradation', 'color',
@@ -209,16 +212,15 @@ def main(argv=None):
         'sha256': sha,
         'metrics': rows,
     }
-    description = (f"`{network_g['type']}` trained with `{rel(args.opt)}` for {iterations} iterations "
+    description = (f"`{network_g['type']}` ({front['parameters'] / 1e6:.3f} M parameters) trained with `{rel(args.opt)}` "
+                   f"for {iterations} iterations "
                    f"({front['task']}; trained on: {args.trained_on}). Published parameters: `{param_key}`."
                    + (f'\n\n{args.description}' if args.description else ''))
     commands = {
         'train': args.train_command or f'python acla_basicsr/train.py -opt {rel(args.opt)}',
         'test': [f"python acla_basicsr/test.py -opt {log['options_file'] or '<options file of test ' + repr(log['options'].get('name')) + '>'}"
                  for log in logs],
-        'publish': ' '.join(['python scripts/publish_model.py -opt', rel(args.opt), '--model', rel(args.model), '--out',
-                             rel(args.out), '--name', name, '--param-key', param_key] +
-                            (['--metrics'] + [rel(p) for p in args.metrics] if args.metrics else [])),
+        'publish': shlex.join(['python', 'scripts/publish_model.py'] + [rel(a) if osp.exists(a) else a for a in argv]),
     }
     card = render_card(front, description, commands, rows)
 

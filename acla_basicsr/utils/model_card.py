@@ -205,11 +205,12 @@ JPEG input, OpenCV bilinear demosaicing), measured in the same run.
 ## Loading
 
 ```python
-from acla_basicsr.utils.zoo import load_zoo_model      # checks the sha256 against the name
-net = load_zoo_model('{files['pth']}')                  # a path or a URL; eval() mode
+from acla_basicsr.utils.zoo import load_zoo_model
+net = load_zoo_model('{files['pth']}')  # a path or a URL; checks the sha256, eval() mode
 
-import spandrel, acla_basicsr.spandrel_support as s     # chaiNNer / ComfyUI's loader
-s.register()
+import spandrel  # the loader of chaiNNer and ComfyUI
+from acla_basicsr.spandrel_support import register
+register()
 model = spandrel.ModelLoader().load_from_file('{files['pth']}')
 ```
 
