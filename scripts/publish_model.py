@@ -48,26 +48,16 @@ def rel(path):
 
 def load_params(checkpoint, param_key):
     """``(state_dict, key)`` of a training checkpoint: ``param_key``, else params_ema, else params."""
-    import torch
+    from acla_basicsr.utils.inference import load_state_dict
+    from acla_basicsr.utils.options import OptionError
     if not osp.isfile(checkpoint):
         fail(f'{checkpoint}: no such checkpoint; give a .pth written by training '
              '(experiments/<name>/models/net_g_latest.pth).')
     try:
-        state = torch.load(checkpoint, map_location='cpu', weights_only=True)
-    except Exception as error:  # truncated, not a torch file, foreign objects
-        fail(f'{checkpoint}: cannot be read as a checkpoint ({str(error).splitlines()[0][:160]}).')
-    if not isinstance(state, dict):
-        fail(f'{checkpoint}: holds a {type(state).__name__}, not a state dict.')
-    keys = [param_key] if param_key else ['params_ema', 'params']
-    found = [k for k in keys if k in state]
-    if not found:
-        if param_key or not all(hasattr(v, 'shape') for v in state.values()):
-            fail(f"{checkpoint}: no {' or '.join(keys)} (keys: {', '.join(map(str, list(state)[:6]))}); "
-                 'choose --param-key.')
-        found = [None]
-    params = state[found[0]] if found[0] else state
-    params = {k[7:] if k.startswith('module.') else k: v for k, v in params.items()}
-    return params, found[0] or 'params'
+        params, key = load_state_dict(checkpoint, param_key, return_key=True)
+    except OptionError as error:
+        fail(str(error).replace('--model: ', '', 1))
+    return params, key or 'params'
 
 
 def check_fits(opt, params, checkpoint):
@@ -88,18 +78,17 @@ def check_fits(opt, params, checkpoint):
 
 
 def same_weights(path, params):
-    """Whether the checkpoint at ``path`` holds exactly ``params`` (under params_ema or params)."""
+    """Whether the checkpoint at ``path`` holds exactly ``params`` (under params_ema or params, or as a whole)."""
     import torch
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:
-        return False
-    for key in ('params_ema', 'params'):
-        other = state.get(key) if isinstance(state, dict) else None
-        if isinstance(other, dict):
-            other = {k[7:] if k.startswith('module.') else k: v for k, v in other.items()}
-            if other.keys() == params.keys() and all(torch.equal(other[k], params[k]) for k in params):
-                return True
+    from acla_basicsr.utils.inference import load_state_dict
+    from acla_basicsr.utils.options import OptionError
+    for key in ('params_ema', 'params', None):
+        try:
+            other = load_state_dict(path, key)
+        except OptionError:
+            continue
+        if other.keys() == params.keys() and all(torch.equal(other[k], params[k]) for k in params):
+            return True
     return False
 
 
@@ -212,15 +201,16 @@ def main(argv=None):
         'sha256': sha,
         'metrics': rows,
     }
-    description = (f"`{network_g['type']}` ({front['parameters'] / 1e6:.3f} M parameters) trained with `{rel(args.opt)}` "
-                   f"for {iterations} iterations "
+    description = (f"`{network_g['type']}` ({front['parameters'] / 1e6:.3f} M parameters) trained with "
+                   f"`{rel(args.opt)}` for {iterations} iterations "
                    f"({front['task']}; trained on: {args.trained_on}). Published parameters: `{param_key}`."
                    + (f'\n\n{args.description}' if args.description else ''))
     commands = {
         'train': args.train_command or f'python acla_basicsr/train.py -opt {rel(args.opt)}',
-        'test': [f"python acla_basicsr/test.py -opt {log['options_file'] or '<options file of test ' + repr(log['options'].get('name')) + '>'}"
-                 for log in logs],
-        'publish': shlex.join(['python', 'scripts/publish_model.py'] + [rel(a) if osp.exists(a) else a for a in argv]),
+        'test': ['python acla_basicsr/test.py -opt ' +
+                 (log['options_file'] or f"<the options file of test {log['options'].get('name')!r}>") for log in logs],
+        'publish': shlex.join(['python', 'scripts/publish_model.py'] +
+                              [rel(a) if osp.exists(a) else a for a in argv]),
     }
     card = render_card(front, description, commands, rows)
 
@@ -233,7 +223,8 @@ def main(argv=None):
     for path in (pth, safetensors, stem + '.md'):
         print(f'  {rel(path)}  {osp.getsize(path) / 1024:.1f} KiB')
     for row in rows:
-        print(f"  {row['dataset']}: PSNR {row.get('psnr', float('nan')):.4f} dB, SSIM {row.get('ssim', float('nan')):.4f}")
+        print(f"  {row['dataset']}: PSNR {row.get('psnr', float('nan')):.4f} dB, "
+              f"SSIM {row.get('ssim', float('nan')):.4f}")
 
 
 if __name__ == '__main__':

@@ -143,7 +143,8 @@ def test_publish_reads_the_metrics_of_test_logs_of_these_weights(tmp_path, sr_fo
     opt = {'name': experiment_name, 'model_type': 'RestorationModel', 'scale': 2, 'num_gpu': 0,
            'datasets': {'test_1': {'name': 'tiny_test', 'type': 'PairedImageDataset', 'dataroot_gt': hr_dir,
                                    'dataroot_lq': lr_dir, 'io_backend': {'type': 'disk'}}},
-           'network_g': TINY['EDSR'], 'path': {'pretrain_network_g': pth, 'strict_load_g': True, 'param_key_g': 'params'},
+           'network_g': TINY['EDSR'],
+           'path': {'pretrain_network_g': pth, 'strict_load_g': True, 'param_key_g': 'params'},
            'val': {'save_img': False, 'reference': 'bicubic', 'metrics': {
                'psnr': {'type': 'calculate_psnr', 'crop_border': 2, 'test_y_channel': True},
                'ssim': {'type': 'calculate_ssim', 'crop_border': 2, 'test_y_channel': True}}}}
@@ -259,7 +260,8 @@ def test_spandrel_leaves_other_architectures_alone():
     register()
     # a SwinIR-like layout (conv_first, conv_after_body, conv_last, no body.N.conv1) is not claimed
     state = {'conv_first.weight': torch.zeros(8, 3, 3, 3), 'conv_after_body.weight': torch.zeros(8, 8, 3, 3),
-             'conv_last.weight': torch.zeros(3, 8, 3, 3), 'layers.0.residual_group.blocks.0.norm1.weight': torch.zeros(8)}
+             'conv_last.weight': torch.zeros(3, 8, 3, 3),
+             'layers.0.residual_group.blocks.0.norm1.weight': torch.zeros(8)}
     for arch in spandrel.MAIN_REGISTRY.architectures('detection')[:5]:
         assert not arch.detect(state)
 
@@ -324,7 +326,8 @@ def test_zoo_card_psnr_is_reproduced_by_test_py(experiment_name):
     opt = osp.join(ROOT, 'options', 'test', 'zoo', 'demo_EDSR_SRx2.yml')
     # Set5 only (test_2 pointed at Set5 too), under a name of this test
     result = run_entry('test', opt, '--force_yml', f'name={experiment_name}', 'datasets:test_2:name=Set5_again',
-                       'datasets:test_2:dataroot_gt=datasets/Set5/HR', 'datasets:test_2:dataroot_lq=datasets/Set5/LR_bicubic/X2')
+                       'datasets:test_2:dataroot_gt=datasets/Set5/HR',
+                       'datasets:test_2:dataroot_lq=datasets/Set5/LR_bicubic/X2')
     assert result.returncode == 0, result.stderr[-2000:]
     (log, ) = glob.glob(osp.join(ROOT, 'results', experiment_name, 'test_*.log'))
     measured = {s['name']: s['metrics'] for s in parse_test_log(log)['sets']}['Set5']

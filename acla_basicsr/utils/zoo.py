@@ -30,7 +30,6 @@ from acla_basicsr.utils.options import OptionError
 
 #: ``<name>-<8 hex digits>.pth``: the zoo's file names.
 ZOO_NAME = re.compile(r'^(?P<name>.+)-(?P<sha8>[0-9a-f]{8})\.(?:pth|safetensors|md)$')
-PARAM_KEYS = ('params_ema', 'params')
 
 
 def file_sha256(path, chunk=2**20):
@@ -139,15 +138,8 @@ def read_state_dict(path, param_key=None):
         if 'network_g' in metadata:
             state._metadata = {METADATA_KEY: {'network_g': json.loads(metadata['network_g'])}}
         return state, metadata.get('param_key', 'params')
-    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    if not isinstance(checkpoint, dict):
-        raise OptionError(f'{path}: holds a {type(checkpoint).__name__}, not a state dict.')
-    keys = [param_key] if param_key else [k for k in PARAM_KEYS if k in checkpoint]
-    if param_key and param_key not in checkpoint:
-        raise OptionError(f"{path}: no '{param_key}' (keys: {', '.join(map(str, list(checkpoint)[:6]))}).")
-    if not keys:
-        return checkpoint, None
-    return checkpoint[keys[0]], keys[0]
+    from acla_basicsr.utils.inference import load_state_dict
+    return load_state_dict(path, param_key, return_key=True)
 
 
 def load_zoo_model(url_or_path, network_g=None, model_dir=None, check_hash=True, device='cpu', progress=True):
