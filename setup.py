@@ -37,7 +37,11 @@ setup(
         'pyyaml>=5.4',
         'tqdm>=4.60',
     ],
-    extras_require={'test': ['pytest>=7']},
+    extras_require={
+        # model zoo: .safetensors copies, ONNX export and check, spandrel loading (docs/model_zoo.md)
+        'zoo': ['safetensors>=0.4', 'onnx>=1.15', 'onnxruntime>=1.17', 'spandrel>=0.4'],
+        'test': ['pytest>=7', 'safetensors>=0.4', 'onnx>=1.15', 'onnxruntime>=1.17', 'spandrel>=0.4'],
+    },
     entry_points={
         'console_scripts': [
             'acla-train = acla_basicsr.utils.launch:console_train',

@@ -10,7 +10,8 @@ The public API, three lines from a checkpoint to a restored image (docs/inferenc
     net = load_network('options/test/ACLA_SRx2.yml', 'net_g_latest.pth')  # builds network_g, loads params(_ema)
     sr = restore(net, rgb_uint8, tile=256, self_ensemble=False)            # uint8 in, uint8 out
 
-and the networks themselves: ``ACLAEDSR``, ``ACLARCAN``, ``ENLCN``, ``EARN``.
+``load_zoo_model(path_or_url)`` loads a published network (docs/model_zoo.md), checking its hash; and the
+networks themselves: ``ACLAEDSR``, ``ACLARCAN``, ``ENLCN``, ``EARN``.
 """
 # flake8: noqa
 from .compat import patch_basicsr
@@ -27,5 +28,6 @@ from .archs.acla_rcan_arch import ACLARCAN
 from .archs.earn_arch import EARN
 from .archs.enlcn_arch import ENLCN
 from .utils.inference import load_network, restore
+from .utils.zoo import load_zoo_model
 
-__all__ = ['ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'load_network', 'restore', '__version__']
+__all__ = ['ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'load_network', 'load_zoo_model', 'restore', '__version__']

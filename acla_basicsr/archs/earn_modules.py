@@ -92,6 +92,19 @@ def local_windows(x, window_size):
     return F.pad(x, (pad, pad, pad, pad)).unfold(2, window_size, 1).unfold(3, window_size, 1)
 
 
+def window_mask(x, window_size):
+    """(k*k, H, W) bool: whether neighbour (a, b) (offset ``o = a * k + b``) of each pixel of ``x`` is inside.
+
+    The k*k shifted views of a zero-padded map of ones, stacked: the same values as
+    ``local_windows(ones)`` without ``Tensor.unfold``, which torch's ONNX exporter cannot export at a
+    dynamic size.
+    """
+    h, w = x.shape[-2:]
+    pad = window_size // 2
+    ones = F.pad(x.new_ones(1, h, w), (pad, pad, pad, pad))
+    return torch.cat([ones[:, a:a + h, b:b + w] for a in range(window_size) for b in range(window_size)]) > 0
+
+
 class LocalSelfAttention(nn.Module):
     """Local self-attention with relative position embeddings (EARN, Eq. 5).
 
@@ -166,7 +179,7 @@ class LocalSelfAttention(nn.Module):
         d, pad = c // heads, k // 2
         rel = self.relative_embeddings().view(heads, d, k * k)
         # neighbour (a, b) of pixel (i, j) inside the image: (k*k, H, W)
-        inside = local_windows(x.new_ones(1, 1, h, w), k)[0, 0].permute(2, 3, 0, 1).reshape(k * k, h, w) > 0
+        inside = window_mask(x, k)
         out = x.new_empty(n, heads, d, h, w)
         # without grad, bands of rows, so that the logits of a band stay below BAND_ELEMENTS numbers; the 1x1
         # projections are computed per band too (keys and values with the band's k//2 rows above and below),

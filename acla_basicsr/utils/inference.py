@@ -19,6 +19,7 @@ import os
 import os.path as osp
 import resource
 import tempfile
+from collections import OrderedDict
 from contextlib import nullcontext
 
 import cv2
@@ -222,11 +223,21 @@ def build_network(options):
         raise OptionError(f'network_g: {error}') from None
 
 
-def load_state_dict(checkpoint, param_key=None):
+def load_state_dict(checkpoint, param_key=None, return_key=False):
     """The parameters stored in ``checkpoint``: ``param_key``, else ``params_ema``, else ``params``.
 
     A file that holds a plain state dict (no such key) is used as it is; a ``module.`` prefix (DDP) is
-    removed. Loaded onto the CPU with ``weights_only=True``.
+    removed; the state dict's ``_metadata`` (where published files keep their ``network_g``) is kept. Loaded
+    onto the CPU with ``weights_only=True``.
+
+    Args:
+        checkpoint (str): The .pth file.
+        param_key (str | None): Key of the parameters; None: params_ema, else params, else the whole file.
+            Default: None.
+        return_key (bool): Also return the key used (None for a plain state dict). Default: False.
+
+    Returns:
+        dict | tuple[dict, str | None]: The parameters (and the key).
     """
     if not osp.isfile(checkpoint):
         raise OptionError(f'--model: {checkpoint} does not exist; give a .pth file written by training '
@@ -238,14 +249,18 @@ def load_state_dict(checkpoint, param_key=None):
                           'give a .pth file written by training.') from None
     if not isinstance(state, dict):
         raise OptionError(f'--model: {checkpoint} holds no state dict; give a .pth file written by training.')
+    key = param_key
     if param_key is not None:
         if param_key not in state:
             raise OptionError(f"--param-key: '{param_key}' is not in {checkpoint} (keys: "
                               f"{', '.join(sorted(map(str, state))[:6])}); use params or params_ema.")
-        state = state[param_key]
     elif 'params_ema' in state or 'params' in state:
-        state = state['params_ema'] if 'params_ema' in state else state['params']
-    return {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+        key = 'params_ema' if 'params_ema' in state else 'params'
+    state = state[key] if key else state
+    params = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state.items())
+    if getattr(state, '_metadata', None) is not None:
+        params._metadata = state._metadata
+    return (params, key) if return_key else params
 
 
 def _resolve(path):

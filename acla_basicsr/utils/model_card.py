@@ -1,0 +1,228 @@
+"""Model cards of published networks: metrics read from basicsr test logs, Markdown with YAML front matter.
+
+Unregistered helper of ``scripts/publish_model.py``. A card is a Hugging Face-style model card: YAML front
+matter between ``---`` lines (license, library, tags, and this project's keys: architecture and its
+arguments, scale, task, training data, iterations, options file, sha256, metrics), then Markdown: what the
+network is, the metrics table, and the commands that trained, tested and published it.
+
+Test logs are those that ``acla_basicsr/test.py`` writes to ``results/<name>/test_<name>_<time>.log``:
+basicsr prints the options (``dict2str``: ``key: value``, nested sections as ``key:[`` ... ``]``), then for
+every test set ``Validation <set>`` followed by one ``# <metric>: <value>`` line per metric, and
+``RestorationModel`` adds ``Validation <set> against <baseline>: psnr: X vs <baseline> Y (+Z); ...``.
+"""
+import re
+
+import yaml
+
+_TIME = r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO: '
+_VALIDATION = re.compile(_TIME + r'Validation (?P<set>.+?)\s*$')
+_METRIC = re.compile(r'^\s*# (?P<metric>\w+): (?P<value>-?[\d.]+|nan|inf)')
+_AGAINST = re.compile(_TIME + r'Validation (?P<set>.+?) against (?P<ref>\S+): (?P<rest>.*)$')
+_AGAINST_METRIC = re.compile(r'(?P<metric>\w+): (?P<value>-?[\d.]+) vs \S+ (?P<ref>-?[\d.]+)')
+_LOADING = re.compile(_TIME + r'Loading (?P<arch>\S+) model from (?P<path>.+), with param key: \[(?P<key>[^\]]*)\]')
+
+
+class LogError(ValueError):
+    """A test log that this module cannot read (one-line message)."""
+
+
+def _parse_dump(lines):
+    """The options dict of basicsr's ``dict2str`` dump (the lines after its ``INFO:`` line)."""
+    root, stack = {}, []
+    current = root
+    for line in lines:
+        text = line.strip()
+        if not text:
+            continue
+        if re.match(_TIME, line):
+            break
+        if text == ']':
+            if not stack:
+                break
+            current = stack.pop()
+        elif text.endswith(':['):
+            child = {}
+            current[text[:-2]] = child
+            stack.append(current)
+            current = child
+        elif ': ' in text or text.endswith(':'):
+            key, _, value = text.partition(':')
+            try:
+                current[key] = yaml.safe_load(value.strip()) if value.strip() else None
+            except yaml.YAMLError:
+                current[key] = value.strip()
+        else:
+            break
+    return root
+
+
+def parse_test_log(path):
+    """The options and per-set metrics of one basicsr test log.
+
+    Returns:
+        dict: ``{'options': dict, 'checkpoint': str | None, 'sets': [{'name', 'metrics': {metric: value},
+        'baseline': name | None, 'baseline_metrics': {metric: value}}]}``, sets in log order.
+
+    Raises:
+        LogError: The file cannot be read, or holds no options dump or no ``Validation`` block.
+    """
+    try:
+        with open(path, encoding='utf-8') as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise LogError(f'{path}: cannot be read ({error.__class__.__name__}: {error}).') from None
+    options, checkpoint, sets = None, None, {}
+    for index, line in enumerate(lines):
+        if options is None and re.match(_TIME + r'$', line) and index + 1 < len(lines) \
+                and re.match(r'^  \w+:', lines[index + 1]):
+            dump = _parse_dump(lines[index + 1:])
+            options = dump if 'network_g' in dump else None
+        loading = _LOADING.match(line)
+        if loading:
+            checkpoint = loading.group('path')
+        against = _AGAINST.match(line)
+        if against:
+            entry = sets.setdefault(against.group('set'), {'name': against.group('set'), 'metrics': {}})
+            entry['baseline'] = against.group('ref')
+            entry['baseline_metrics'] = {m.group('metric'): float(m.group('ref'))
+                                         for m in _AGAINST_METRIC.finditer(against.group('rest'))}
+            continue
+        validation = _VALIDATION.match(line)
+        if validation:
+            entry = sets.setdefault(validation.group('set'), {'name': validation.group('set'), 'metrics': {}})
+            for follow in lines[index + 1:]:
+                metric = _METRIC.match(follow)
+                if not metric:
+                    break
+                entry['metrics'][metric.group('metric')] = float(metric.group('value'))
+    if options is None:
+        raise LogError(f'{path}: no options dump; give a log written by acla_basicsr/test.py '
+                       '(results/<name>/test_<name>_<time>.log).')
+    sets = [s for s in sets.values() if s['metrics']]
+    if not sets:
+        raise LogError(f'{path}: no "Validation <set>" metrics; the test did not finish or had no val.metrics.')
+    for entry in sets:
+        entry.setdefault('baseline', None)
+        entry.setdefault('baseline_metrics', {})
+    return {'options': options, 'checkpoint': checkpoint, 'sets': sets}
+
+
+def metric_settings(options):
+    """``{metric: (crop_border, test_y_channel)}`` of the ``val.metrics`` of a test's options."""
+    metrics = ((options.get('val') or {}).get('metrics') or {})
+    return {name: (opt.get('crop_border', 0), bool(opt.get('test_y_channel', False)))
+            for name, opt in metrics.items() if isinstance(opt, dict)}
+
+
+def task_of(options):
+    """A short task description from training options: scale or the training degradation."""
+    scale = options.get('scale', 1)
+    train = ((options.get('datasets') or {}).get('train') or {})
+    degradation = train.get('degradation') or {}
+    kind = degradation.get('type')
+    if scale and scale > 1:
+        return f'super-resolution x{scale} (MATLAB bicubic downscaling)'
+    if kind == 'gaussian_noise':
+        return f"colour denoising, Gaussian noise sigma {degradation.get('sigma')}"
+    if kind == 'jpeg':
+        return f"JPEG artifact reduction, quality {degradation.get('quality')} ({train.get('color', 'rgb')} images)"
+    if kind == 'mosaic':
+        return f"demosaicing, {degradation.get('pattern', 'RGGB')} Bayer mosaic"
+    return 'image restoration'
+
+
+def metric_rows(logs):
+    """Flat metric records of parsed test logs, one per (test set, log), for the front matter and the table."""
+    rows = []
+    for log in logs:
+        settings = metric_settings(log['options'])
+        for entry in log['sets']:
+            row = {'dataset': entry['name'], 'test_options': log.get('options_file')}
+            for metric, value in entry['metrics'].items():
+                crop, y_channel = settings.get(metric, (None, None))
+                row[metric] = round(value, 4)
+                row[f'{metric}_crop_border'] = crop
+                row[f'{metric}_y_channel'] = y_channel
+            if entry['baseline']:
+                row['baseline'] = entry['baseline']
+                row.update({f'baseline_{m}': round(v, 4) for m, v in entry['baseline_metrics'].items()})
+            rows.append(row)
+    return rows
+
+
+def _table(rows):
+    if not rows:
+        return '(no test log was given when this card was written)\n'
+    lines = ['| test set | PSNR (dB) | SSIM | measured on | crop border | baseline | baseline PSNR / SSIM |',
+             '|---|---|---|---|---|---|---|']
+    for row in rows:
+        channel = 'Y' if row.get('psnr_y_channel') else 'RGB'
+        base = row.get('baseline') or '-'
+        base_values = (f"{row['baseline_psnr']:.4f} / {row.get('baseline_ssim', float('nan')):.4f}"
+                       if 'baseline_psnr' in row else '-')
+        lines.append(f"| {row['dataset']} | {row.get('psnr', float('nan')):.4f} | {row.get('ssim', float('nan')):.4f} "
+                     f"| {channel} | {row.get('psnr_crop_border')} | {base} | {base_values} |")
+    return '\n'.join(lines) + '\n'
+
+
+def render_card(front, description, commands, rows):
+    """The Markdown text of a model card.
+
+    Args:
+        front (dict): Front matter (plain YAML types).
+        description (str): Paragraphs after the title.
+        commands (dict): ``{'train': str, 'test': [str], 'publish': str}``.
+        rows (list[dict]): :func:`metric_rows`.
+    """
+    header = yaml.safe_dump(front, sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
+    name = front['model_name']
+    files = front['files']
+    tests = '\n'.join(commands.get('test') or ['# (no test log given)'])
+    return f"""---
+{header}---
+
+# {name}
+
+{description}
+
+## Metrics
+
+{_table(rows)}
+Baseline: the metrics of the input the network starts from (MATLAB bicubic upsampling for SR, the noisy or
+JPEG input, OpenCV bilinear demosaicing), measured in the same run.
+
+## Commands
+
+```bash
+# trained with
+{commands['train']}
+# tested with (writes the logs these metrics come from)
+{tests}
+# published with
+{commands['publish']}
+```
+
+## Loading
+
+```python
+from acla_basicsr.utils.zoo import load_zoo_model
+net = load_zoo_model('{files['pth']}')  # a path or a URL; checks the sha256, eval() mode
+
+import spandrel  # the loader of chaiNNer and ComfyUI
+from acla_basicsr.spandrel_support import register
+register()
+model = spandrel.ModelLoader().load_from_file('{files['pth']}')
+```
+
+or with basicsr: `network_g` of the front matter, `path.pretrain_network_g: {files['pth']}`,
+`param_key_g: {front['param_key']}`, `strict_load_g: true`.
+"""
+
+
+def read_front_matter(path):
+    """The YAML front matter of a model card, as a dict."""
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
+    if not text.startswith('---\n') or '\n---\n' not in text[4:]:
+        raise ValueError(f'{path}: no YAML front matter (--- ... ---) at the top.')
+    return yaml.safe_load(text[4:text.index('\n---\n', 4)])
