@@ -458,3 +458,13 @@ def test_full_network_restores_512_lr_image_within_1_5_gib():
     assert result.returncode == 0, result.stderr[-2000:]
     before, peak = map(float, result.stdout.split()[-2:])
     assert before > 0 and peak <= 1536, (before, peak)
+
+
+@pytest.mark.parametrize('h, w, k', [(5, 7, 7), (13, 9, 3), (1, 1, 7), (30, 31, 7)])
+def test_window_mask_equals_unfolded_windows_of_ones(h, w, k):
+    """window_mask (index arithmetic, exportable to ONNX at any size) marks the neighbours inside the image
+    exactly as the unfolded windows of a padded map of ones do."""
+    x = torch.zeros(2, 4, h, w)
+    from acla_basicsr.archs.earn_modules import local_windows, window_mask
+    unfolded = local_windows(x.new_ones(1, 1, h, w), k)[0, 0].permute(2, 3, 0, 1).reshape(k * k, h, w) > 0
+    assert torch.equal(window_mask(x, k), unfolded)

@@ -95,14 +95,18 @@ def local_windows(x, window_size):
 def window_mask(x, window_size):
     """(k*k, H, W) bool: whether neighbour (a, b) (offset ``o = a * k + b``) of each pixel of ``x`` is inside.
 
-    The k*k shifted views of a zero-padded map of ones, stacked: the same values as
-    ``local_windows(ones)`` without ``Tensor.unfold``, which torch's ONNX exporter cannot export at a
-    dynamic size.
+    The same values as ``local_windows(ones)``, from index arithmetic: neighbour (a, b) of pixel (i, j) is
+    inside when row ``i + a - k // 2`` and column ``j + b - k // 2`` are, an outer product of a (k, H) and a
+    (k, W) test. No ``Tensor.unfold``, which torch's ONNX exporter cannot export at a dynamic size.
     """
     h, w = x.shape[-2:]
-    pad = window_size // 2
-    ones = F.pad(x.new_ones(1, h, w), (pad, pad, pad, pad))
-    return torch.cat([ones[:, a:a + h, b:b + w] for a in range(window_size) for b in range(window_size)]) > 0
+    k = window_size
+    shift = torch.arange(k, device=x.device) - k // 2
+    rows = torch.arange(h, device=x.device)[None] + shift[:, None]  # (k, H)
+    cols = torch.arange(w, device=x.device)[None] + shift[:, None]  # (k, W)
+    rows_inside = (rows >= 0) & (rows < h)
+    cols_inside = (cols >= 0) & (cols < w)
+    return (rows_inside[:, None, :, None] & cols_inside[None, :, None, :]).reshape(k * k, h, w)
 
 
 class LocalSelfAttention(nn.Module):
