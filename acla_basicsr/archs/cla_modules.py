@@ -19,9 +19,11 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   per-key ``torchvision.ops.deform_conv2d`` with an identity 1x1 kernel on the same offsets (and equally
   ``F.grid_sample`` with ``align_corners=False`` at pixel centres, kept as ``method='grid_sample'``; the
   gather was 2.5x faster forward + backward on CPU in benchmarks/bench_cla_sampling.py). The default
-  (``method='fused'``) has a hand-written backward pass: the values' gradient is one more ``embedding_bag`` over
-  the entries sorted by table row, the offsets' and weights' gradients are closed-form in the 4 corner dot
-  products of every key; ``'gather'`` keeps autograd's generic backward. Offsets use
+  (``method='fused'``) reads a table with a zero border instead of masking the corners outside the map and has a
+  hand-written backward pass: the values' gradient is one more ``embedding_bag`` over the keys sorted by the row of
+  their top-left corner, the offsets' and weights' gradients are closed-form in the 4 corner dot products of every
+  key (36x the per-key deform_conv2d forward + backward, against 17x for ``'gather'``, which keeps autograd's
+  generic backward). Offsets use
   deform_conv2d's layout: (dy, dx) pairs, key-major. ``max_memory_mb`` covers the channels-last value table
   and the gathered keys: above it key layers, then keys, are processed in chunks, each recomputed in backward
   (activation checkpointing), so memory stays bounded in training. Pixel coordinates stay float32 under
@@ -52,9 +54,9 @@ LOG_FLOOR = 1e-30
 # Approximate bytes per element in forward + backward (measured with a fresh-process peak-RSS probe):
 # a gathered (key, corner, pixel) entry: indices, corner weights and their intermediates (autograd's backward);
 _BYTES_PER_GATHER_ENTRY = 100
-# the same entry with the fused sampler's backward (index, weight, sort order, dot products): measured 19.6 MiB
-# against the gather's 22.8 MiB in benchmarks/bench_cla_sampling.py;
-_BYTES_PER_FUSED_ENTRY = 86
+# the same entry with the fused sampler's backward (index, weight, sort order, dot products, the 4 corner sums):
+# measured 27.3 MiB against the gather's 22.8 MiB in benchmarks/bench_cla_sampling.py;
+_BYTES_PER_FUSED_ENTRY = 120
 # an element of the (B, L, C, H, W, K) tensor of grid_sample: the samples, the einsum copy, gradients;
 _BYTES_PER_SAMPLE = 16
 # an element of an attention matrix: logits, softmax, gradient.
@@ -134,56 +136,60 @@ def _gather_and_sum(values, offsets, weights):
     return _gather_from_table(_value_table(values), values.shape, offsets, weights)
 
 
-def _padded_table(values):
-    """The channels-last value table of :func:`_value_table` with one zero row appended (row B*L*H*W).
+# Zero border of the fused sampler's value table: a key whose top-left corner is clamped into [-2, H] x [-2, W]
+# reads its four corners inside the padded grid, and a corner outside the map reads a zero.
+_PAD = 2
 
-    The fused sampler points every corner outside the map at the zero row, so zero padding needs no mask in
-    the forward or the backward pass.
+
+def _padded_table(values):
+    """Channels-last (B*L*(H+4)*(W+4), C) table of the value maps with a zero border of 2 pixels.
+
+    The fused sampler clamps the top-left corner of every key into the border (:func:`_bilinear_entries`), so
+    zero padding needs no mask in the forward or the backward pass.
     """
     b, num_layers, c, h, w = values.shape
-    rows = b * num_layers * h * w
-    table = values.new_empty(rows + 1, c)
-    table[:rows].view(b, num_layers, h, w, c).copy_(values.permute(0, 1, 3, 4, 2))
-    table[rows].zero_()
-    return table
+    table = values.new_empty(b, num_layers, h + 2 * _PAD, w + 2 * _PAD, c)
+    for border in (table[:, :, :_PAD], table[:, :, -_PAD:], table[:, :, :, :_PAD], table[:, :, :, -_PAD:]):
+        border.zero_()
+    table[:, :, _PAD:-_PAD, _PAD:-_PAD].copy_(values.permute(0, 1, 3, 4, 2))
+    return table.view(-1, c)
 
 
-def _bilinear_entries(offsets, weights, h, w, zero_row):
-    """Table rows and weights of the 4 bilinear corners of every key, one bag of L*K*4 entries per query pixel.
+def _bilinear_entries(offsets, weights, h, w):
+    """Rows of a :func:`_padded_table` and weights of the 4 bilinear corners of every key, one bag per pixel.
 
     ``out[p] = sum_{l, k, corner} coef * table[index]`` with ``coef = w_lk * a_corner``, the bilinear weights
     ``a = ((1 - fy)(1 - fx), (1 - fy) fx, fy (1 - fx), fy fx)`` of the corners (y0, x0), (y0, x0 + 1),
-    (y0 + 1, x0), (y0 + 1, x0 + 1) of ``(py, px) = p + (dy, dx)``; a corner outside the map reads ``zero_row``.
-    Coordinates in float32 at least (:func:`_pixel_coordinates`).
+    (y0 + 1, x0), (y0 + 1, x0 + 1) of ``(py, px) = p + (dy, dx)``. The top-left corner is clamped into
+    [-2, H] x [-2, W]: a key clamped there has its four corners in the zero border, as they were outside the
+    map before. Coordinates in float32 at least (:func:`_pixel_coordinates`).
 
     Returns:
-        tuple: index (B*H*W, L*K*4) int32 (int64 for huge tables), coef (B*H*W, L*K*4), and per key in the
-        (B, H, W, L, K) layout of the bags: fy, fx (fractional parts) and the key weights, for the backward pass.
+        tuple: index (B*H*W, L*K*4) of the corners; coef (B*H*W, L*K*4); top_left (B*H*W, L*K), the row of
+        every key's top-left corner; and per key in the (B, H, W, L, K) layout of the bags, fy and fx (the
+        fractional parts) and the key weights, for the backward pass. Indices are int32 (int64 for huge tables).
     """
     b, num_layers, num_keys = offsets.shape[:3]
+    hp, wp = h + 2 * _PAD, w + 2 * _PAD
     py, px = (t.permute(0, 3, 4, 1, 2) for t in _pixel_coordinates(offsets, h, w))  # (B, H, W, L, K)
     wt = weights.permute(0, 3, 4, 1, 2).to(py.dtype)
     y0, x0 = py.floor(), px.floor()
     fy, fx = py - y0, px - x0
     gy, gx = 1 - fy, 1 - fx
-    in_y0, in_y1 = (y0 >= 0) & (y0 <= h - 1), (y0 >= -1) & (y0 <= h - 2)
-    in_x0, in_x1 = (x0 >= 0) & (x0 <= w - 1), (x0 >= -1) & (x0 <= w - 2)
-    inside = torch.stack((in_y0 & in_x0, in_y0 & in_x1, in_y1 & in_x0, in_y1 & in_x1), -1)
-    itype = torch.int32 if zero_row < 2**31 - w - 1 else torch.int64
-    layer = torch.arange(b * num_layers, device=offsets.device, dtype=itype).view(b, 1, 1, num_layers, 1) * (h * w)
-    # clamped before the integer conversion (far keys would overflow it); those corners are outside anyway
-    top_left = layer + y0.clamp_(-1, h).to(itype) * w + x0.clamp_(-1, w).to(itype)
-    index = torch.stack((top_left, top_left + 1, top_left + w, top_left + (w + 1)), -1)
-    index = torch.where(inside, index, torch.tensor(zero_row, dtype=itype, device=index.device))
+    itype = torch.int32 if b * num_layers * hp * wp < 2**31 else torch.int64
+    layer = torch.arange(b * num_layers, device=offsets.device, dtype=itype).view(b, 1, 1, num_layers, 1) * hp
+    # clamped before the integer conversion (far keys would overflow it)
+    top_left = ((layer + y0.clamp_(-_PAD, h).to(itype) + _PAD) * wp + x0.clamp_(-_PAD, w).to(itype) + _PAD)
+    index = torch.stack((top_left, top_left + 1, top_left + wp, top_left + (wp + 1)), -1)
     coef = torch.stack((gy * gx, gy * fx, fy * gx, fy * fx), -1).mul_(wt.unsqueeze(-1))
-    bag = num_layers * num_keys * 4
-    return index.view(b * h * w, bag), coef.view(b * h * w, bag), fy, fx, wt
+    bags = b * h * w
+    return index.view(bags, -1), coef.view(bags, -1), top_left.contiguous().view(bags, -1), fy, fx, wt
 
 
 def _fused_from_table(table, shape, offsets, weights):
     """Forward of the fused sampler without gradients, from a :func:`_padded_table` (no autograd graph)."""
     b, num_layers, c, h, w = shape
-    index, coef = _bilinear_entries(offsets, weights, h, w, table.shape[0] - 1)[:2]
+    index, coef = _bilinear_entries(offsets, weights, h, w)[:2]
     out = F.embedding_bag(index, table, per_sample_weights=coef.to(table.dtype), mode='sum')
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
@@ -191,25 +197,28 @@ def _fused_from_table(table, shape, offsets, weights):
 class _FusedSampling(torch.autograd.Function):
     """Bilinear key sampling with a hand-written backward pass (``method='fused'`` of :func:`sample_keys`).
 
-    Forward: one ``F.embedding_bag`` over the 4 corners of every key (:func:`_bilinear_entries`), as 'gather'.
-    Backward, from the 4 dot products ``d_corner = g_p . table[corner]`` of every key (the per-sample-weight
-    gradient of that ``embedding_bag``: one fused pass, nothing of size entries x C is built):
+    Forward: one ``F.embedding_bag`` over the 4 corners of every key (:func:`_bilinear_entries`) in a value
+    table with a zero border (:func:`_padded_table`), as 'gather' without its masks. Backward, from the 4 dot
+    products ``d_corner = g_p . table[corner]`` of every key (the per-sample-weight gradient of that
+    ``embedding_bag``: one fused pass, nothing of size entries x C is built):
 
-    - values: ``grad_table[r] = sum_{entries e at row r} coef_e g_{p(e)}``, a second ``embedding_bag`` over
-      the gradient rows with the entries sorted by table row (one sort), instead of ``embedding_bag``'s generic
-      dense backward;
+    - values: ``grad_table[r] = sum_{corners e at row r} coef_e g_{p(e)}``: the keys are sorted by the row of
+      their top-left corner (one sort of L*K keys per pixel, not of the 4 corners), one ``embedding_bag`` over the
+      gradient rows gives, for each corner, the sum at every top-left row, and the four sums are added at their
+      offsets 0, 1, W + 4, W + 5 (the corners' rows relative to the top-left's). This replaces
+      ``embedding_bag``'s generic dense backward;
     - key weights: ``sum_corner a_corner d_corner``;
     - offsets (the derivatives of the bilinear weights): ``dy: w ((1 - fx)(d10 - d00) + fx (d11 - d01))``,
       ``dx: w ((1 - fy)(d01 - d00) + fy (d11 - d10))``.
 
-    Corners outside the map read a zero row of the table, so they get no gradient, as under zero padding.
+    Corners outside the map read the zero border, so they get no gradient, as under zero padding.
     """
 
     @staticmethod
     def forward(ctx, values, offsets, weights):
         b, num_layers, c, h, w = values.shape
         table = _padded_table(values)
-        index, coef, fy, fx, wt = _bilinear_entries(offsets, weights, h, w, table.shape[0] - 1)
+        index, coef, top_left, fy, fx, wt = _bilinear_entries(offsets, weights, h, w)
         coef = coef.to(table.dtype)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             # keep the graph of the per-sample weights only: its backward is the fused gather-dot of the d's
@@ -220,27 +229,32 @@ class _FusedSampling(torch.autograd.Function):
             out = graph.detach()
         else:
             out = F.embedding_bag(index, table, per_sample_weights=coef, mode='sum')
-        ctx.save_for_backward(index, coef, fy, fx, wt)
+        ctx.save_for_backward(top_left, coef, fy, fx, wt)
         ctx.shape, ctx.dtypes = values.shape, (offsets.dtype, weights.dtype)
         return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        index, coef, fy, fx, wt = ctx.saved_tensors
+        top_left, coef, fy, fx, wt = ctx.saved_tensors
         b, num_layers, c, h, w = ctx.shape
+        hp, wp = h + 2 * _PAD, w + 2 * _PAD
         grad = grad.permute(0, 2, 3, 1).reshape(b * h * w, c).to(coef.dtype)  # bag p <-> row p
         grad_values = grad_offsets = grad_weights = None
         if ctx.needs_input_grad[0]:
-            flat = index.view(-1)
-            rows = b * num_layers * h * w + 1
+            rows, keys = b * num_layers * hp * wp, top_left.numel()
+            flat = top_left.view(-1)
             order = flat.argsort()
             counts = torch.bincount(flat, minlength=rows)
             starts = counts.cumsum(0) - counts
-            pixel = torch.div(order, index.shape[1], rounding_mode='trunc')  # the bag (query pixel) of each entry
-            table = F.embedding_bag(pixel, grad, starts, mode='sum',
-                                    per_sample_weights=coef.view(-1).index_select(0, order))
-            grad_values = table[:-1].view(b, num_layers, h, w, c).permute(0, 1, 4, 2, 3)
+            pixel = torch.div(order, top_left.shape[1], rounding_mode='trunc')  # the bag (query pixel) of each key
+            corner_coef = coef.view(keys, 4).index_select(0, order).t()  # (4, keys), sorted by top-left row
+            sums = F.embedding_bag(pixel.repeat(4), grad, torch.cat([starts + i * keys for i in range(4)]),
+                                   mode='sum', per_sample_weights=corner_coef.reshape(-1)).view(4, rows, c)
+            table = sums[0]
+            for corner, shift in ((1, 1), (2, wp), (3, wp + 1)):
+                table[shift:] += sums[corner, :rows - shift]
+            grad_values = table.view(b, num_layers, hp, wp, c)[:, :, _PAD:-_PAD, _PAD:-_PAD].permute(0, 1, 4, 2, 3)
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             leaf, graph = ctx.graph
             # retain_graph: a second backward through the same graph (gradcheck) needs it; it dies with ctx
@@ -310,7 +324,8 @@ def sampling_chunks(shape, num_keys, max_memory_mb=DEFAULT_MAX_MEMORY_MB, method
     b, num_layers, c, h, w = shape
     budget = max_memory_mb * 2**20
     if method in _TABLE_SAMPLERS:
-        table = b * h * w * c * itemsize * (2 if training else 1)  # of one key layer
+        pad = 2 * _PAD if method == 'fused' else 0  # the fused sampler's table has a zero border
+        table = b * (h + pad) * (w + pad) * c * itemsize * (2 if training else 1)  # of one key layer
         per_entry = _BYTES_PER_FUSED_ENTRY if method == 'fused' else _BYTES_PER_GATHER_ENTRY
         entries = b * h * w * 4 * per_entry  # of one key in one key layer
     else:
