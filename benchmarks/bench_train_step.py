@@ -24,7 +24,6 @@ Usage: python benchmarks/bench_train_step.py [--groups large demo] [--batch 16] 
 """
 import argparse
 import contextlib
-import copy
 import os.path as osp
 import platform
 import shutil
