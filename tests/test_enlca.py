@@ -147,6 +147,34 @@ def test_no_grad_attention_equals_the_autograd_path(dtype):
         assert torch.isfinite(efficient_attention(q * 10, k * 10, v, matrix)).all()
 
 
+def test_onnx_exported_attention_runs_at_another_size(tmp_path):
+    """The ONNX exporter traces the shape-agnostic path, not the inference path's buffers sized at export."""
+    ort = pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnx')
+    g = torch.Generator().manual_seed(6)
+
+    class Core(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer('matrix', draw_random_matrix(16, 8, g))
+
+        def forward(self, q, k, v):
+            return efficient_attention(q, k, v, self.matrix)
+
+    core = Core().eval()
+    q, k, v = (torch.randn(2, 30, 8, generator=g) for _ in range(3))
+    path = str(tmp_path / 'core.onnx')
+    axes = {name: {0: 'batch', 1: 'pixels'} for name in ('q', 'k', 'v', 'out')}
+    with torch.no_grad():
+        torch.onnx.export(core, (q, k, v), path, input_names=['q', 'k', 'v'], output_names=['out'],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        q2, k2, v2 = (torch.randn(3, 45, 8, generator=g) for _ in range(3))
+        expected = core(q2, k2, v2)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    out = session.run(None, {'q': q2.numpy(), 'k': k2.numpy(), 'v': v2.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_efficient_attention_approaches_softmax_as_m_grows():
     """Without amplification (k = 1), ENLA's output approaches exact softmax attention as m grows."""
     g = torch.Generator().manual_seed(4)

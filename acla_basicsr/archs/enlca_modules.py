@@ -109,7 +109,7 @@ def efficient_attention(q, k, v, matrix):
     out_dtype = v.dtype
     if q.dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, matrix))):
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, matrix))) and not _tracing():
         return _efficient_attention_no_grad(q, k, v, matrix).to(out_dtype)
     matrix = matrix.to(q.dtype).t()
     # in-place shifts and exp: the products' outputs are not needed by autograd, exp keeps its result
@@ -126,6 +126,16 @@ def efficient_attention(q, k, v, matrix):
     normaliser = out[..., -1:]  # the diagonal of D
     out = out[..., :-1] / normaliser.clamp_min(torch.finfo(normaliser.dtype).tiny)
     return out.to(out_dtype)
+
+
+def _tracing():
+    """Whether a tracer records the call (ONNX export, ``torch.jit.trace``, ``torch.compile``).
+
+    The inference path of :func:`efficient_attention` writes into buffers shaped from the input's sizes, which
+    a trace would freeze (an ONNX graph exported at one size then fails at another); traced calls take the
+    shape-agnostic path, which computes the same output.
+    """
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
 def _efficient_attention_no_grad(q, k, v, matrix):
