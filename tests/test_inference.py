@@ -142,15 +142,15 @@ def test_sampling_budget_covers_the_value_table():
     table = 1000 * 1000 * 256 * 4
     assert layers == 1 and keys >= 1  # one key layer's table (977 MiB) fills most of the budget
     assert sampling_chunks(shape, 16, max_memory_mb=20 * table / 2**20, method='gather')[0] == 2  # a layer: 7.4 GB
-    assert sampling_chunks(shape, 16, max_memory_mb=20 * table / 2**20)[0] == 2  # fused, 120 B per entry: 8.7 GB
-    assert sampling_chunks(shape, 16, max_memory_mb=40 * table / 2**20)[0] == 4
+    assert sampling_chunks(shape, 16, max_memory_mb=20 * table / 2**20)[0] == 2  # fused, 93 B per entry: 7.0 GB
+    assert sampling_chunks(shape, 16, max_memory_mb=40 * table / 2**20)[0] == 5
     assert sampling_chunks((1, 5, 8, 16, 16), 16, max_memory_mb=1024) == (5, 16)  # small: one step
     budget = 3 * table / 2**20
     training = sampling_chunks(shape, 16, max_memory_mb=budget, method='gather', training=True)  # table + gradient
     assert training == (1, 2) and sampling_chunks(shape, 16, max_memory_mb=budget, method='gather') == (1, 5)
-    # fused: the table has a 2-pixel zero border, an entry costs 120 B: (3 - 2 * 1.008) / 0.48 and (3 - 1.008) / 0.48
+    # fused: the table has a 2-pixel zero border, an entry costs 93 B: (3 - 2 * 1.008) / 0.372 and (3 - 1.008) / 0.372
     assert sampling_chunks(shape, 16, max_memory_mb=budget, training=True) == (1, 2)
-    assert sampling_chunks(shape, 16, max_memory_mb=budget) == (1, 4)
+    assert sampling_chunks(shape, 16, max_memory_mb=budget) == (1, 5)
 
 
 @pytest.mark.parametrize('method', ['fused', 'gather', 'grid_sample'])

@@ -22,8 +22,8 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   (``method='fused'``) reads a table with a zero border instead of masking the corners outside the map and has a
   hand-written backward pass: the values' gradient is one more ``embedding_bag`` over the keys sorted by the row of
   their top-left corner, the offsets' and weights' gradients are closed-form in the 4 corner dot products of every
-  key (36x the per-key deform_conv2d forward + backward, against 17x for ``'gather'``, which keeps autograd's
-  generic backward). Offsets use
+  key (about 36x the per-key deform_conv2d forward + backward, against about 18x for ``'gather'``, which keeps
+  autograd's generic backward). Offsets use
   deform_conv2d's layout: (dy, dx) pairs, key-major. ``max_memory_mb`` covers the channels-last value table
   and the gathered keys: above it key layers, then keys, are processed in chunks, each recomputed in backward
   (activation checkpointing), so memory stays bounded in training. Pixel coordinates stay float32 under
@@ -54,9 +54,9 @@ LOG_FLOOR = 1e-30
 # Approximate bytes per element in forward + backward (measured with a fresh-process peak-RSS probe):
 # a gathered (key, corner, pixel) entry: indices, corner weights and their intermediates (autograd's backward);
 _BYTES_PER_GATHER_ENTRY = 100
-# the same entry with the fused sampler's backward (index, weight, sort order, dot products, the 4 corner sums):
-# measured 27.3 MiB against the gather's 22.8 MiB in benchmarks/bench_cla_sampling.py;
-_BYTES_PER_FUSED_ENTRY = 120
+# the same entry with the fused sampler's backward (index, weight, sort order, dot products, a corner's sums):
+# measured 21.2 MiB against the gather's 22.8 MiB in benchmarks/bench_cla_sampling.py;
+_BYTES_PER_FUSED_ENTRY = 93
 # an element of the (B, L, C, H, W, K) tensor of grid_sample: the samples, the einsum copy, gradients;
 _BYTES_PER_SAMPLE = 16
 # an element of an attention matrix: logits, softmax, gradient.
@@ -206,7 +206,8 @@ class _FusedSampling(torch.autograd.Function):
       their top-left corner (one sort of L*K keys per pixel, not of the 4 corners); for each of the 4 corners an
       ``embedding_bag`` over the gradient rows with the keys in that order gives the sum at every top-left row,
       added into the table at the corner's offset 0, 1, W + 4 or W + 5 (one corner at a time: 27 % less time at
-      L = K = 16 than one ``embedding_bag`` with a (4, rows, C) result). This replaces ``embedding_bag``'s generic dense backward;
+      L = K = 16 than one ``embedding_bag`` with a (4, rows, C) result). This replaces ``embedding_bag``'s
+      generic dense backward;
     - key weights: ``sum_corner a_corner d_corner``;
     - offsets (the derivatives of the bilinear weights): ``dy: w ((1 - fx)(d10 - d00) + fx (d11 - d01))``,
       ``dx: w ((1 - fy)(d01 - d00) + fy (d11 - d10))``.
