@@ -2,9 +2,12 @@
 
 Part 1 (B=4, C=64, K=8, 48x48, one key layer): forward + backward (gradients to values, offsets and
 weights) of
-  - ours (gather): ``acla_basicsr.archs.cla_modules.sample_keys``, the default of the modules: one
-    ``F.embedding_bag`` over the 4 bilinear corners of all K keys, weighted;
-  - ours (grid_sample): the same function with ``method='grid_sample'``: one ``F.grid_sample`` for all K
+  - ours (fused): ``acla_basicsr.archs.cla_modules.sample_keys`` with ``method='fused'``, the default of the
+    modules: one ``F.embedding_bag`` over the 4 bilinear corners of all K keys, weighted, with a hand-written
+    backward (a custom autograd Function: one sorted ``embedding_bag`` for the values' gradient, the offsets'
+    and weights' gradients in closed form from the 4 corner dot products of every key);
+  - ours (gather): the same ``embedding_bag`` forward with autograd's generic backward (``method='gather'``);
+  - ours (grid_sample): ``sample_keys`` with ``method='grid_sample'``: one ``F.grid_sample`` for all K
     keys, then a weighted sum (einsum);
   - reference: the public code's approach, written here from its description: one
     ``torchvision.ops.deform_conv2d`` per key with an identity CxC 1x1 kernel (C*C MACs per key per pixel
@@ -42,17 +45,13 @@ from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
 from acla_basicsr.archs.cla_modules import sample_keys  # noqa: E402
 
 
-def ours_gather(values, offsets, weights, eye):
-    b, _, h, w = values.shape
-    k = weights.shape[1]
-    return sample_keys(values.unsqueeze(1), offsets.view(b, 1, k, 2, h, w), weights.unsqueeze(1))
+def _ours(method):
+    def sample(values, offsets, weights, eye):
+        b, _, h, w = values.shape
+        k = weights.shape[1]
+        return sample_keys(values.unsqueeze(1), offsets.view(b, 1, k, 2, h, w), weights.unsqueeze(1), method=method)
 
-
-def ours_grid_sample(values, offsets, weights, eye):
-    b, _, h, w = values.shape
-    k = weights.shape[1]
-    return sample_keys(
-        values.unsqueeze(1), offsets.view(b, 1, k, 2, h, w), weights.unsqueeze(1), method='grid_sample')
+    return sample
 
 
 def per_key_deform_conv(values, offsets, weights, eye):
@@ -115,8 +114,9 @@ def peak_memory_mib(fn, inputs, eye, grad_out):
 
 
 METHODS = {
-    'ours (gather)': ours_gather,
-    'ours (grid_sample)': ours_grid_sample,
+    'ours (fused)': _ours('fused'),
+    'ours (gather)': _ours('gather'),
+    'ours (grid_sample)': _ours('grid_sample'),
     'deform_conv2d per key': per_key_deform_conv,
 }
 REFERENCE = 'deform_conv2d per key'

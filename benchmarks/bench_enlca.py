@@ -1,6 +1,6 @@
 """ENLCA against exact non-local attention: time, peak memory and MACs (ENLCA paper, Tables 4 and 5).
 
-Usage: python benchmarks/bench_enlca.py [--sizes 100 150] [--threads 1] [--repeats 5]
+Usage: python benchmarks/bench_enlca.py [--sizes 100 150] [--threads 1] [--repeats 5] [--device cpu]
        python benchmarks/bench_enlca.py --approx-error [--threads 1]
 
 ``--approx-error`` prints instead how far ENLA (Eq. 5-6) is from exact softmax attention (Eq. 1)
@@ -21,6 +21,8 @@ the timings (their MACs are in the second table).
   other processes hold the cores) and wall time.
 - peak memory: the rise of the process's peak resident set size (VmHWM, reset through
   /proc/self/clear_refs after malloc_trim) during one call, above the inputs.
+- ``--device cuda``: the same cores on the GPU; time is the wall time between ``torch.cuda.synchronize``
+  calls (printed in both time columns), peak memory the growth of ``torch.cuda.max_memory_allocated``.
 - MACs: torch.utils.flop_counter.FlopCounterMode counts 2 FLOPs per multiply-accumulate and
   only matrix products and convolutions; MACs = FLOPs / 2. The paper's Table 4 'GFLOPs' match
   2 x MACs of the attention core without the embeddings (its 3x3 64->64 convolution row, 0.74, is
@@ -51,8 +53,15 @@ def _status_bytes(key):
         return int(re.search(rf'{key}:\s+(\d+) kB', f.read()).group(1)) * 1024
 
 
-def peak_memory(fn):
-    """Bytes by which the process's peak resident set size rises during fn() (Linux only)."""
+def peak_memory(fn, device=None):
+    """Bytes by which the process's peak resident set size (CUDA: allocated memory) rises during fn()."""
+    if device is not None and device.type == 'cuda':
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
     try:
         ctypes.CDLL('libc.so.6').malloc_trim(0)
     except OSError:
@@ -64,15 +73,23 @@ def peak_memory(fn):
     return _status_bytes('VmHWM') - base
 
 
-def median_time(fn, repeats):
-    """Median CPU time (all threads of the process) and wall time of fn(), after a warm-up call."""
+def median_time(fn, repeats, device=None):
+    """Median CPU time (all threads of the process; CUDA: wall time) and wall time of fn(), after a warm-up."""
+    cuda = device is not None and device.type == 'cuda'
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
     fn()
     cpu, wall = [], []
     for _ in range(repeats):
+        sync()
         start_cpu, start_wall = time.process_time(), time.perf_counter()
         fn()
-        cpu.append(time.process_time() - start_cpu)
+        sync()
         wall.append(time.perf_counter() - start_wall)
+        cpu.append(wall[-1] if cuda else time.process_time() - start_cpu)
     return statistics.median(cpu), statistics.median(wall)
 
 
@@ -111,26 +128,30 @@ def main():
     parser.add_argument('--samples', type=int, default=128)
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if args.approx_error:
         return approximation_table()
     torch.manual_seed(0)
     c = args.channels
-    module = ENLCA(num_feat=c, num_embed_feat=c, num_samples=args.samples).eval()
-    exact_module = NonLocalAttention(num_feat=c, num_embed_feat=c, implementation='naive').eval()
+    module = ENLCA(num_feat=c, num_embed_feat=c, num_samples=args.samples).eval().to(device)
+    exact_module = NonLocalAttention(num_feat=c, num_embed_feat=c, implementation='naive').eval().to(device)
     exact_module.load_state_dict(module.state_dict(), strict=False)
     matrix = module.attention.matrix
     scale = math.sqrt(module.amplification)
 
-    print(f'torch {torch.__version__}, CPU, {args.threads} thread(s), float32, batch 1, {c} channels, '
-          f'm = {args.samples}; median of {args.repeats} calls')
+    where = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'
+    print(f'torch {torch.__version__}, {where}, {args.threads} thread(s), float32, batch 1, {c} channels, '
+          f'm = {args.samples}; median of {args.repeats} calls'
+          f'{"; time: wall, synchronised" if device.type == "cuda" else ""}')
     print('\n| input | method | CPU time (ms) | wall time (ms) | peak memory (MiB) | CPU time / ENLCA | '
           'paper Table 5 (ms, 2080ti) |')
     print('|---|---|---|---|---|---|---|')
     with torch.no_grad():
         for size in args.sizes:
-            x = torch.randn(1, c, size, size)
+            x = torch.randn(1, c, size, size, device=device)
             q, k, v = module.embed(x)
             q = (torch.nn.functional.normalize(q, dim=-1) * scale).contiguous()
             k = (torch.nn.functional.normalize(k, dim=-1) * scale).contiguous()
@@ -143,7 +164,7 @@ def main():
             results = {}
             for name, fn in methods.items():
                 repeats = args.repeats if name.startswith('ENLCA') else max(1, min(args.repeats, 3))
-                results[name] = (median_time(fn, repeats), peak_memory(fn))
+                results[name] = (median_time(fn, repeats, device), peak_memory(fn, device))
             enlca_time = results['ENLCA (Eq. 5-6)'][0][0]
             for name, ((cpu, wall), memory) in results.items():
                 paper = PAPER_MS[size]['ENLCA' if name.startswith('ENLCA') else 'NLA'] if size in PAPER_MS else '-'
@@ -155,9 +176,9 @@ def main():
             del q, k, v
 
         size = 100
-        x = torch.randn(1, c, size, size)
+        x = torch.randn(1, c, size, size, device=device)
         q, k, v = module.embed(x)
-        conv = torch.nn.Conv2d(c, c, 3, 1, 1)
+        conv = torch.nn.Conv2d(c, c, 3, 1, 1).to(device)
         rows = [
             ('NLA (exact)', macs(lambda: softmax_attention(q, k, v, 'naive')), macs(lambda: exact_module(x))),
             ('ENLCA m=128', macs(lambda: efficient_attention(q, k, v, matrix)), macs(lambda: module(x))),

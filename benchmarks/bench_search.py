@@ -5,10 +5,12 @@ joint and alternate modes), the final network's model (RestorationModel on ACLAE
 ``--positions``) and the plain backbone's, and times ``optimize_parameters`` (forward, losses, backward,
 optimizer steps) on the same random batches of the config's batch and patch size, round-robin so that the
 machine's load affects each alike. Data loading is not included. Prints the median seconds per iteration
-and the ratios to the final network.
+(CPU time of the process, ``time.process_time``, and wall time) and the ratios of the CPU times to the final
+network's: on the shared 2-core machine, wall times with 2 threads were distorted up to ten-fold by another
+job (OpenMP threads wait for descheduled siblings), hence ``--threads 1`` by default.
 
 Usage: python benchmarks/bench_search.py [-opt options/search/demo_search_SRx2.yml] [--positions 2 4 6]
-       [--iters 10] [--threads 2] [--batch B]
+       [--iters 10] [--threads 1] [--batch B]
 """
 import argparse
 import copy
@@ -30,9 +32,10 @@ from basicsr.utils.options import ordered_yaml  # noqa: E402
 
 
 def parsed(opt, root):
-    """The options as basicsr's parse_options returns them, writing into ``root``."""
+    """The options as basicsr's parse_options returns them (the repository as ``root_path``, which relative
+    paths such as ``train.search.final_config`` are read from), writing into ``root``."""
     opt = copy.deepcopy(opt)
-    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=root, num_gpu=0)
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=ROOT, num_gpu=0)
     opt['path'].update(experiments_root=root, models=osp.join(root, 'models'),
                        training_states=osp.join(root, 'training_states'), log=root)
     opt['logger']['use_tb_logger'] = False
@@ -45,7 +48,7 @@ def main():
     parser.add_argument('--positions', type=int, nargs='*', default=None,
                         help='positions of the final network; default: every other candidate')
     parser.add_argument('--iters', type=int, default=10, help='timed iterations per model (after 2 warm-up)')
-    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--batch', type=int, default=None, help="batch size; default: the config's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,19 +79,19 @@ def main():
     for it, data in enumerate(batches, 1):
         for label, model in models.items():
             model.feed_data(data)
-            start = time.perf_counter()
+            cpu, wall = time.process_time(), time.perf_counter()
             model.optimize_parameters(it)
             if it > 2:
-                times[label].append(time.perf_counter() - start)
+                times[label].append((time.process_time() - cpu, time.perf_counter() - wall))
     final_label = next(k for k in models if k.startswith('final'))
-    reference = statistics.median(times[final_label])
+    med = {label: [statistics.median(v) for v in zip(*runs)] for label, runs in times.items()}
+    reference = med[final_label][0]
     print(f'{osp.relpath(args.opt, ROOT)}: batch {batch}, LR patch {gt_size // scale}, {args.threads} threads, '
-          f'{args.iters} timed iterations each (median), random data, no data loading')
-    print('| model | s / iteration | vs final network |')
-    print('|---|---|---|')
-    for label, values in times.items():
-        median = statistics.median(values)
-        print(f'| {label} | {median:.3f} | {median / reference:.2f}x |')
+          f'{args.iters} timed iterations each (median), random data, no data loading, torch {torch.__version__}')
+    print('| model | s / iteration (CPU time) | wall s / iteration | vs final network |')
+    print('|---|---|---|---|')
+    for label, (cpu, wall) in med.items():
+        print(f'| {label} | {cpu:.3f} | {wall:.3f} | {cpu / reference:.2f}x |')
     params = {label: sum(p.numel() for p in m.get_bare_model(m.net_g).parameters()) for label, m in models.items()}
     print(f"parameters: supernet {params['search (joint)'] / 1e6:.3f} M, final {params[final_label] / 1e6:.3f} M, "
           f"backbone {params['backbone alone'] / 1e6:.3f} M")

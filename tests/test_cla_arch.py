@@ -59,7 +59,7 @@ def deform_reference(values, offsets, weights):
                for l in range(values.shape[1]) for k in range(offsets.shape[2]))
 
 
-@pytest.mark.parametrize('method', ['gather', 'grid_sample'])
+@pytest.mark.parametrize('method', ['fused', 'gather', 'grid_sample'])
 def test_sample_keys_equals_per_key_deform_conv2d(method):
     torch.manual_seed(0)
     b, num_layers, c, h, w, k = 2, 2, 5, 7, 9, 4
@@ -74,7 +74,7 @@ def test_sample_keys_equals_per_key_deform_conv2d(method):
     assert torch.allclose(out, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize('method', ['gather', 'grid_sample'])
+@pytest.mark.parametrize('method', ['fused', 'gather', 'grid_sample'])
 def test_chunked_sampling_gives_the_same_values_and_gradients(method):
     torch.manual_seed(0)
     tensors = [torch.randn(2, 2, 6, 8, 8), torch.randn(2, 2, 5, 2, 8, 8) * 2, torch.rand(2, 2, 5, 8, 8)]
@@ -88,6 +88,61 @@ def test_chunked_sampling_gives_the_same_values_and_gradients(method):
         assert torch.allclose(g, cg, atol=1e-4)
     with pytest.raises(ValueError, match='method'):
         sample_keys(*tensors, method='nearest')
+
+
+def _sampling_inputs(dtype=torch.float64, scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    b, num_layers, c, h, w, k = 2, 2, 3, 5, 6, 3
+    values = torch.randn(b, num_layers, c, h, w, generator=g, dtype=dtype)
+    offsets = torch.randn(b, num_layers, k, 2, h, w, generator=g, dtype=dtype) * scale  # many keys outside
+    weights = torch.rand(b, num_layers, k, h, w, generator=g, dtype=dtype)
+    return [t.requires_grad_() for t in (values, offsets, weights)]
+
+
+def test_fused_sampling_passes_gradcheck():
+    """The hand-written backward of method='fused' is the derivative of its forward (float64, finite differences)."""
+    inputs = _sampling_inputs()
+    assert torch.autograd.gradcheck(lambda *t: sample_keys(*t, method='fused'), inputs, eps=1e-6, atol=1e-7)
+    # one input at a time (the backward skips the unneeded gradients)
+    for i in range(3):
+        partial = [t if j == i else t.detach() for j, t in enumerate(inputs)]
+        assert torch.autograd.gradcheck(lambda *t: sample_keys(*t, method='fused'), partial, eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize('scale', [0.7, 3.0, 40.0])
+def test_fused_sampling_equals_autograd_gather_and_deform_conv2d(scale):
+    """Output and the three gradients of 'fused' equal autograd's through 'gather' within 1e-5 in float64, and
+    autograd's through the per-key deform_conv2d in float32 (torchvision's CPU deform_conv2d fails in float64)."""
+    for dtype, references, tol in ((torch.float64, ('gather', ), 1e-5), (torch.float32, ('deform_conv2d', ), 1e-4)):
+        inputs = _sampling_inputs(dtype, scale=scale)
+        grad_out = torch.randn(2, 3, 5, 6, generator=torch.Generator().manual_seed(1)).to(dtype)
+        results = {}
+        for name, fn in (('fused', lambda *t: sample_keys(*t, method='fused')),
+                         ('gather', lambda *t: sample_keys(*t, method='gather')), ('deform_conv2d', deform_reference)):
+            if name == 'fused' or name in references:
+                out = fn(*inputs)
+                results[name] = [out] + list(torch.autograd.grad(out, inputs, grad_out))
+        for reference in references:
+            for new, ref in zip(results['fused'], results[reference]):
+                assert (new - ref).abs().max().item() < tol * max(1, ref.abs().max().item()), reference
+
+
+def test_fused_sampling_keeps_the_acla_gates_straight_through():
+    """ACLA's gates reach the gate logits through the fused backward as through autograd's gather."""
+    torch.manual_seed(0)
+    module = randomise(AdaptiveCrossLayerAttention(6, 2, num_keys=3), std=1.0).double().train()
+    x, layers = torch.randn(2, 6, 5, 5, dtype=torch.float64), [torch.randn(2, 6, 5, 5, dtype=torch.float64)
+                                                               for _ in range(2)]
+    grads = {}
+    for method in ('fused', 'gather'):
+        module.sampling_method = method
+        torch.manual_seed(3)  # the same gate noise
+        module.zero_grad()
+        module(x, layers).square().sum().backward()
+        grads[method] = {name: p.grad.clone() for name, p in module.named_parameters()}
+    assert grads['fused']['gate.weight'].abs().sum() > 0
+    for name, grad in grads['gather'].items():
+        torch.testing.assert_close(grads['fused'][name], grad, atol=1e-9, rtol=1e-9)
 
 
 def test_chunked_dot_product_attention_equals_full():
@@ -193,8 +248,9 @@ def test_set_sampling_method_switches_every_module_to_the_same_function():
     x = torch.rand(1, 3, 7, 9)
     with torch.no_grad():
         gathered = net(x)
-        assert set_sampling_method(net, 'grid_sample') == 2
-        assert torch.allclose(net(x), gathered, atol=1e-5)
+        for method in ('grid_sample', 'gather', 'fused'):
+            assert set_sampling_method(net, method) == 2
+            assert torch.allclose(net(x), gathered, atol=1e-5), method
     with pytest.raises(ValueError, match="method: 'bogus' is unknown"):
         set_sampling_method(net, 'bogus')
 

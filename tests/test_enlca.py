@@ -126,6 +126,55 @@ def test_stabilised_attention_equals_unstabilised_formula():
     assert torch.isfinite(big).all()
 
 
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_no_grad_attention_equals_the_autograd_path(dtype):
+    """The inference path of efficient_attention (one buffer, padded product, in-place D^-1) computes the same
+    output as the path autograd differentiates, for batches, c_out != c and half-precision inputs."""
+    g = torch.Generator().manual_seed(5)
+    q, k = (torch.nn.functional.normalize(torch.randn(3, 50, 8, generator=g, dtype=torch.float64), dim=-1) * 2.5
+            for _ in range(2))
+    v = torch.randn(3, 50, 13, generator=g, dtype=torch.float64)
+    matrix = draw_random_matrix(32, 8, g, True, torch.float64)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    with torch.no_grad():
+        fast = efficient_attention(q, k, v, matrix)
+    with torch.enable_grad():
+        reference = efficient_attention(q, k, v.clone().requires_grad_(), matrix).detach()
+    assert fast.shape == reference.shape == (3, 50, 13) and fast.dtype == reference.dtype == dtype
+    assert torch.equal(fast, reference)
+    # large norms stay finite on this path too
+    with torch.no_grad():
+        assert torch.isfinite(efficient_attention(q * 10, k * 10, v, matrix)).all()
+
+
+def test_onnx_exported_attention_runs_at_another_size(tmp_path):
+    """The ONNX exporter traces the shape-agnostic path, not the inference path's buffers sized at export."""
+    ort = pytest.importorskip('onnxruntime')
+    pytest.importorskip('onnx')
+    g = torch.Generator().manual_seed(6)
+
+    class Core(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer('matrix', draw_random_matrix(16, 8, g))
+
+        def forward(self, q, k, v):
+            return efficient_attention(q, k, v, self.matrix)
+
+    core = Core().eval()
+    q, k, v = (torch.randn(2, 30, 8, generator=g) for _ in range(3))
+    path = str(tmp_path / 'core.onnx')
+    axes = {name: {0: 'batch', 1: 'pixels'} for name in ('q', 'k', 'v', 'out')}
+    with torch.no_grad():
+        torch.onnx.export(core, (q, k, v), path, input_names=['q', 'k', 'v'], output_names=['out'],
+                          dynamic_axes=axes, opset_version=17, dynamo=False)
+        q2, k2, v2 = (torch.randn(3, 45, 8, generator=g) for _ in range(3))
+        expected = core(q2, k2, v2)
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    out = session.run(None, {'q': q2.numpy(), 'k': k2.numpy(), 'v': v2.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(out), expected, atol=1e-5, rtol=1e-4)
+
+
 def test_efficient_attention_approaches_softmax_as_m_grows():
     """Without amplification (k = 1), ENLA's output approaches exact softmax attention as m grows."""
     g = torch.Generator().manual_seed(4)

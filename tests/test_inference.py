@@ -111,7 +111,7 @@ def test_acla_sampling_keeps_float32_coordinates_under_low_precision():
     offsets = torch.zeros(1, 1, 1, 2, h, w, dtype=torch.bfloat16)
     offsets[:, :, :, 0] = 0.3
     weights = torch.ones(1, 1, 1, h, w, dtype=torch.bfloat16)
-    for method in ('gather', 'grid_sample'):
+    for method in ('fused', 'gather', 'grid_sample'):
         out = sample_keys(values, offsets, weights, method=method)
         expected = 1 - offsets[0, 0, 0, 0, 600, 0].float().item()
         assert abs(out[0, 0, 600, 1].float().item() - expected) < 4e-3, method
@@ -141,13 +141,19 @@ def test_sampling_budget_covers_the_value_table():
     layers, keys = sampling_chunks(shape, 16, max_memory_mb=1024)
     table = 1000 * 1000 * 256 * 4
     assert layers == 1 and keys >= 1  # one key layer's table (977 MiB) fills most of the budget
-    assert sampling_chunks(shape, 16, max_memory_mb=20 * table / 2**20)[0] == 2  # 16 keys of a layer: 7.4 GB
+    assert sampling_chunks(shape, 16, max_memory_mb=20 * table / 2**20, method='gather')[0] == 2  # a layer: 7.4 GB
+    assert sampling_chunks(shape, 16, max_memory_mb=20 * table / 2**20)[0] == 2  # fused, 93 B per entry: 7.0 GB
+    assert sampling_chunks(shape, 16, max_memory_mb=40 * table / 2**20)[0] == 5
     assert sampling_chunks((1, 5, 8, 16, 16), 16, max_memory_mb=1024) == (5, 16)  # small: one step
-    training = sampling_chunks(shape, 16, max_memory_mb=3 * table / 2**20, training=True)  # table + gradient
-    assert training == (1, 2) and sampling_chunks(shape, 16, max_memory_mb=3 * table / 2**20) == (1, 5)
+    budget = 3 * table / 2**20
+    training = sampling_chunks(shape, 16, max_memory_mb=budget, method='gather', training=True)  # table + gradient
+    assert training == (1, 2) and sampling_chunks(shape, 16, max_memory_mb=budget, method='gather') == (1, 5)
+    # fused: the table has a 2-pixel zero border, an entry costs 93 B: (3 - 2 * 1.008) / 0.372 and (3 - 1.008) / 0.372
+    assert sampling_chunks(shape, 16, max_memory_mb=budget, training=True) == (1, 2)
+    assert sampling_chunks(shape, 16, max_memory_mb=budget) == (1, 5)
 
 
-@pytest.mark.parametrize('method', ['gather', 'grid_sample'])
+@pytest.mark.parametrize('method', ['fused', 'gather', 'grid_sample'])
 def test_sampling_chunked_by_key_layers_equals_one_step(method):
     g = torch.Generator().manual_seed(0)
     values = torch.randn(2, 3, 4, 9, 7, generator=g, requires_grad=True)

@@ -195,6 +195,26 @@ def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path
     assert osp.isfile(tmp_path / 'gate_heatmap.png') and osp.isfile(tmp_path / 'gate_history.csv')
 
 
+
+def test_fused_sampling_moves_the_logits_as_the_gather_did(tmp_path, data):
+    """Issue 15 made the fused key sampler the default: a short search moves the architecture logits and selects
+    the positions it did with the previous sampler (autograd's gather), within float32 rounding."""
+    from acla_basicsr.archs.cla_modules import set_sampling_method
+    logits = {}
+    for method in ('gather', 'fused'):
+        opt = search_options(tmp_path / method, 0.5, 30, arch_start_iter=5)
+        torch.manual_seed(0)
+        model = build_model(opt)
+        net = model.get_bare_model(model.net_g)
+        assert set_sampling_method(net, method) == 3
+        run_search(opt, data, model=model)
+        logits[method] = net.arch_logits.detach().clone()
+        assert net.selected_positions() == [p for p, v in zip(net.insert_positions, logits[method].tolist()) if v > 0]
+    initial = torch.full_like(logits['gather'], 1.0)
+    assert (logits['gather'] - initial).abs().min() > 1e-3  # every logit moved
+    torch.testing.assert_close(logits['fused'], logits['gather'], atol=1e-4, rtol=0)
+    assert (logits['fused'] > 0).tolist() == (logits['gather'] > 0).tolist()
+
 def test_resume_continues_temperature_logits_and_their_optimizer(tmp_path, data):
     opt = search_options(tmp_path, 0.5, 8, temperature_start=2.0, temperature_end=0.5)
     for folder in ('models', 'training_states'):
