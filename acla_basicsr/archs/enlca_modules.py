@@ -109,7 +109,8 @@ def efficient_attention(q, k, v, matrix):
     out_dtype = v.dtype
     if q.dtype in (torch.float16, torch.bfloat16):
         q, k, v = q.float(), k.float(), v.float()
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, matrix))) and not _tracing():
+    no_grad = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, matrix)))
+    if no_grad and not _tracing() and q.shape[-2] == k.shape[-2]:  # the inference path reuses phi(K)'s buffer
         return _efficient_attention_no_grad(q, k, v, matrix).to(out_dtype)
     matrix = matrix.to(q.dtype).t()
     # in-place shifts and exp: the products' outputs are not needed by autograd, exp keeps its result
