@@ -147,6 +147,18 @@ def test_no_grad_attention_equals_the_autograd_path(dtype):
         assert torch.isfinite(efficient_attention(q * 10, k * 10, v, matrix)).all()
 
 
+def test_no_grad_attention_with_fewer_queries_than_keys():
+    """Queries and keys of different lengths (the inference path's buffer holds phi(K)) take the general path."""
+    g = torch.Generator().manual_seed(6)
+    q, k, v = torch.randn(2, 7, 4, generator=g), torch.randn(2, 9, 4, generator=g), torch.randn(2, 9, 3, generator=g)
+    matrix = draw_random_matrix(16, 4, g, True, torch.float32)
+    with torch.no_grad():
+        fast = efficient_attention(q, k, v, matrix)
+    reference = efficient_attention(q, k, v.clone().requires_grad_(), matrix).detach()
+    assert fast.shape == (2, 7, 3)
+    assert torch.equal(fast, reference)
+
+
 def test_onnx_exported_attention_runs_at_another_size(tmp_path):
     """The ONNX exporter traces the shape-agnostic path, not the inference path's buffers sized at export."""
     ort = pytest.importorskip('onnxruntime')
