@@ -382,3 +382,47 @@ def test_search_config_builds_its_supernet(path):
             dataset['phase'] = phase
         resolve_relative_paths(opt, ROOT)
         check_options(opt)
+
+
+# ---------------------------------------------------------------------- benchmark
+def test_bench_search_sampling_bound_replaces_only_the_key_sampling():
+    """benchmarks/bench_search.py --sampling-bound: inside ``sampler(free_sampling)`` a CLA module's keys come from
+    the stand-in, which passes gradients to every head the real sampler does (so the bound times every other
+    operation and gradient); outside it the real sampler is back. The script prints the rows and the bound."""
+    import importlib.util
+    from acla_basicsr.archs import cla_modules
+    from acla_basicsr.archs.cla_modules import AdaptiveCrossLayerAttention
+    spec = importlib.util.spec_from_file_location('bench_search', osp.join(ROOT, 'benchmarks', 'bench_search.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    module = AdaptiveCrossLayerAttention(4, 2, num_keys=3)
+    torch.nn.init.normal_(module.proj.weight)  # zero-initialised: the update would not show
+    x, keys = torch.randn(1, 4, 6, 5), [torch.randn(1, 4, 6, 5) for _ in range(2)]
+    real = cla_modules.sample_keys
+
+    def grads():
+        module.zero_grad()
+        torch.manual_seed(1)  # the same gate noise in every pass
+        out = module(x, keys)
+        out.square().sum().backward()
+        return out.detach(), {n: p.grad for n, p in module.named_parameters()}
+
+    reference, real_grads = grads()
+    with bench.sampler(bench.free_sampling):
+        free, free_grads = grads()
+    assert cla_modules.sample_keys is real
+    assert not torch.allclose(free, reference)
+    assert torch.equal(grads()[0], reference)
+    for name, grad in real_grads.items():
+        assert (grad is None) == (free_grads[name] is None), name
+        if grad is not None and grad.abs().sum() > 0:
+            assert free_grads[name].abs().sum() > 0, name
+    result = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'bench_search.py'), '--iters', '1',
+                             '--batch', '2', '--sampling-bound'], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '| search (joint), key sampling free |' in result.stdout
+    assert 'final network, ACLA at [2, 4], key sampling free' in result.stdout
+    bound = float(result.stdout.split('search (joint) / final network = ')[1].split('x')[0])
+    assert bound > 0
