@@ -36,6 +36,7 @@ setup(
         'lmdb>=1.0',
         'pyyaml>=5.4',
         'tqdm>=4.60',
+        'matplotlib>=3.7',  # the search's gate heat map (Agg backend)
     ],
     extras_require={
         # model zoo: .safetensors copies, ONNX export and check, spandrel loading (docs/model_zoo.md)
@@ -44,9 +45,9 @@ setup(
     },
     entry_points={
         'console_scripts': [
-            'acla-train = acla_basicsr.utils.launch:console_train',
-            'acla-test = acla_basicsr.utils.launch:console_test',
-            'acla-restore = acla_basicsr.restore_cli:console_main',
+            'acla-train = acla_basicsr.cli.launch:console_train',
+            'acla-test = acla_basicsr.cli.launch:console_test',
+            'acla-restore = acla_basicsr.cli.restore:console_main',
         ],
     },
     license='Apache License 2.0',

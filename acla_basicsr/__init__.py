@@ -1,8 +1,8 @@
 """acla_basicsr: ACLA, ENLCA and EARN image restoration, plugged into BasicSR's registries.
 
-Importing this package makes basicsr 1.4.2 importable with current torchvision, applies the
-fixes of :mod:`acla_basicsr.compat`, and registers every network, model, loss and dataset
-of the project in basicsr's registries.
+Importing this package makes basicsr 1.4.2 importable with current torchvision (the one fix of
+:mod:`acla_basicsr.compat` applied at import; the others apply per run or per model) and registers every
+network, model, loss and dataset of the project in basicsr's registries.
 
 The public API, three lines from a checkpoint to a restored image (docs/inference.md)::
 
@@ -14,9 +14,9 @@ The public API, three lines from a checkpoint to a restored image (docs/inferenc
 networks themselves: ``ACLAEDSR``, ``ACLARCAN``, ``ENLCN``, ``EARN``.
 """
 # flake8: noqa
-from .compat import patch_basicsr
+from .compat import alias_functional_tensor
 
-patch_basicsr()
+alias_functional_tensor()
 
 from .archs import *
 from .data import *
@@ -27,7 +27,7 @@ from .archs.acla_edsr_arch import ACLAEDSR
 from .archs.acla_rcan_arch import ACLARCAN
 from .archs.earn_arch import EARN
 from .archs.enlcn_arch import ENLCN
-from .utils.inference import load_network, restore
-from .utils.zoo import load_zoo_model
+from .inference import load_network, restore
+from .zoo.published import load_zoo_model
 
 __all__ = ['ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'load_network', 'load_zoo_model', 'restore', '__version__']

@@ -1,30 +1,37 @@
-"""Compatibility fixes that let basicsr 1.4.2 run with current torch, on CPU and GPU.
+"""Fixes that let basicsr 1.4.2 (2022, the last release) run with current torch, on CPU and GPU: one place.
 
-basicsr 1.4.2 (2022) is the last release on PyPI. Each fix below targets one measured
-failure (``SPEC.md`` section 1) and delegates to basicsr wherever basicsr is right; nothing
-here forks basicsr. :func:`patch_basicsr` is idempotent and runs when ``acla_basicsr`` is
-imported, also when basicsr was imported first.
+Each fix targets one measured failure (``SPEC.md`` section 1) and delegates to basicsr wherever basicsr is
+right; nothing here forks basicsr. Importing ``acla_basicsr`` applies only the first fix, without which
+basicsr cannot be imported at all; every other fix applies to one run or one model, never to every importer
+of basicsr:
 
-1. ``basicsr.data.degradations`` imports ``torchvision.transforms.functional_tensor``,
-   removed in torchvision 0.17: the name is aliased to ``torchvision.transforms.functional``.
-2. ``init_dist`` divides by ``torch.cuda.device_count()`` and always uses nccl: replaced by
-   :func:`init_dist`, which picks gloo on CPU and nccl on GPUs unless the options name a
-   backend (``dist_params: {backend: gloo}``), and selects the GPU from ``LOCAL_RANK``.
-3. ``BaseModel.model_to_device`` builds DDP with ``device_ids=[torch.cuda.current_device()]``:
-   on CPU the network is wrapped without ``device_ids``.
-4. ``basicsr.train.load_resume_state`` maps the state to ``cuda``, looks for
-   ``experiments/`` relative to the working directory, and picks a half-written file if a run
-   was killed while saving: replaced by :func:`load_resume_state`.
-5. Checkpoints and training states are written to a temporary name and renamed, so a run
-   killed while saving never leaves a truncated ``.pth`` or ``.state`` behind.
+1. ``basicsr.data.degradations`` imports ``torchvision.transforms.functional_tensor``, removed in
+   torchvision 0.17 (``import basicsr`` fails): :func:`alias_functional_tensor` aliases the name to
+   ``torchvision.transforms.functional``, at import.
+2. ``init_dist`` divides by ``torch.cuda.device_count()`` (ZeroDivisionError on a CPU machine) and always
+   uses nccl: :func:`init_dist` picks gloo on CPU and nccl on GPUs unless the options name a backend
+   (``dist_params: {backend: gloo}``), and selects the GPU from ``LOCAL_RANK``. The launcher hands it to
+   ``parse_options`` for the run (:func:`replaced_globals`).
+3. ``basicsr.train.load_resume_state`` maps the state to ``cuda`` (fails on a CPU machine), looks for
+   ``experiments/`` relative to the working directory, and picks a half-written file if a run was killed
+   while saving: :func:`load_resume_state`, handed to ``train_pipeline`` for the run.
+4. ``BaseModel.save_network`` writes checkpoints in place, so a run killed while saving leaves a truncated
+   ``.pth``: :func:`atomic_saves`, used by ``RestorationModel.save_network`` around basicsr's method.
+5. ``BaseModel.model_to_device`` builds DDP with ``device_ids=[torch.cuda.current_device()]``, which fails
+   on CPU: ``RestorationModel.model_to_device`` wraps without ``device_ids`` there.
+
+How to check that importing ``acla_basicsr`` changes nothing else in basicsr: ``tests/test_layout.py``
+compares every attribute of every basicsr module before and after the import, and basicsr's own test suite
+(v1.4.2's ``tests/``, from its source repository) gives the same results run with
+``python -c "import acla_basicsr, pytest; pytest.main(['tests'])"`` and with plain ``pytest tests``.
 """
+import contextlib
 import datetime
 import os
 import sys
-import tempfile
 from collections import Counter, defaultdict
 
-_PATCHED = False
+from acla_basicsr import fileio
 
 
 def alias_functional_tensor():
@@ -44,11 +51,6 @@ def default_backend():
     return 'nccl' if torch.cuda.is_available() else 'gloo'
 
 
-# Filled by the entry points from the options' ``dist_params`` (basicsr passes them to the
-# slurm launcher only); read by :func:`init_dist`.
-DIST_PARAMS = {}
-
-
 def init_dist(launcher, backend=None, **kwargs):
     """Initialise torch.distributed for the ``pytorch`` (torchrun) or ``slurm`` launcher.
 
@@ -65,8 +67,7 @@ def init_dist(launcher, backend=None, **kwargs):
     import torch
     import torch.distributed as dist
 
-    params = dict(DIST_PARAMS)
-    params.update(kwargs)
+    params = dict(kwargs)
     backend = backend or params.get('backend') or default_backend()
     if backend == 'nccl' and not torch.cuda.is_available():
         raise RuntimeError('dist_params.backend is nccl but no CUDA device is visible; '
@@ -131,53 +132,34 @@ def load_resume_state(opt):
     return None
 
 
-def atomic_torch_save(obj, path, *args, **kwargs):
-    """``torch.save`` to ``path`` through a temporary file in the same folder and a rename."""
-    import torch
-    if not isinstance(path, (str, os.PathLike)):
-        return torch.save(obj, path, *args, **kwargs)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path), suffix='.tmp', dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp, *args, **kwargs)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-class _TorchWithAtomicSave:
-    """``torch`` as seen by ``basicsr.models.base_model``: the same, except that save is atomic."""
-
-    def __getattr__(self, name):
-        import torch
-        return atomic_torch_save if name == 'save' else getattr(torch, name)
-
-
-def _model_to_device(self, net):
-    """Wrap ``net`` like basicsr does, without ``device_ids`` when training on the CPU."""
-    from torch.nn.parallel import DistributedDataParallel
-    if self.opt['dist'] and self.device.type == 'cpu':
-        return DistributedDataParallel(
-            net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False))
-    return _model_to_device.original(self, net)
-
-
-def patch_basicsr():
-    """Apply the fixes listed in the module docstring; safe to call more than once."""
-    global _PATCHED
-    alias_functional_tensor()
-    if _PATCHED:
-        return
+@contextlib.contextmanager
+def atomic_saves():
+    """Within the block, ``basicsr.models.base_model`` saves with :func:`acla_basicsr.fileio.torch_save`."""
     import basicsr.models.base_model as base_model
-    import basicsr.train
-    import basicsr.utils.options as options
+    torch = base_model.torch
 
-    options.init_dist = init_dist
-    basicsr.train.load_resume_state = load_resume_state
-    if base_model.BaseModel.model_to_device is not _model_to_device:
-        _model_to_device.original = base_model.BaseModel.model_to_device
-        base_model.BaseModel.model_to_device = _model_to_device
-    base_model.torch = _TorchWithAtomicSave()
-    _PATCHED = True
+    class TorchWithAtomicSave:
+        def __getattr__(self, name):
+            return fileio.torch_save if name == 'save' else getattr(torch, name)
+
+    base_model.torch = TorchWithAtomicSave()
+    try:
+        yield
+    finally:
+        base_model.torch = torch
+
+
+@contextlib.contextmanager
+def replaced_globals(function, replacements):
+    """Within the block, the module globals that ``function`` reads are replaced by ``replacements``.
+
+    The launcher's way to run one of basicsr's pipelines with this project's pieces (:mod:`acla_basicsr.cli.launch`):
+    the names are restored afterwards, so nothing outlives the run.
+    """
+    names = function.__globals__
+    originals = {name: names[name] for name in replacements}
+    names.update(replacements)
+    try:
+        yield
+    finally:
+        names.update(originals)

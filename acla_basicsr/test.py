@@ -10,5 +10,5 @@ if __name__ == '__main__':
     # Python put this file's folder first on sys.path, where acla_basicsr/data, utils, ... would shadow
     # top-level modules; the repository root goes there instead, so this checkout's package is imported.
     sys.path[0] = osp.dirname(osp.dirname(osp.abspath(__file__)))
-    from acla_basicsr.utils.launch import main
+    from acla_basicsr.cli.launch import main
     main('test', sys.path[0])

@@ -15,7 +15,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import acla_basicsr  # noqa: E402,F401  (before basicsr)
 import torch  # noqa: E402
 
-from acla_basicsr.utils.divergence import DivergenceGuard  # noqa: E402
+from acla_basicsr.models.divergence import DivergenceGuard  # noqa: E402
 from basicsr.archs.edsr_arch import EDSR  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 
 Every figure is the peak resident set (``ru_maxrss``) of a fresh process that imports the package, builds the
 network of an options file (random weights: ACLA's gates start open, the most keys), runs one forward pass on
-a random LR image through :func:`acla_basicsr.utils.inference.run_network` and exits.
+a random LR image through :func:`acla_basicsr.inference.run_network` and exits.
 
     # one measurement
     python benchmarks/bench_inference_memory.py --config options/test/EARN_SRx2.yml --size 512 --tile 128
@@ -31,7 +31,7 @@ def measure_here(config, size, tile, tile_pad, threads):
     sys.path.insert(0, ROOT)
     import torch
 
-    from acla_basicsr.utils.inference import build_network, input_channels, run_network
+    from acla_basicsr.inference import build_network, input_channels, run_network
     torch.set_num_threads(threads)
     net = build_network(osp.join(ROOT, config)).eval()
     lq = torch.rand(1, input_channels(net), size, size)

@@ -60,8 +60,8 @@ class CompareError(Exception):
 
 def load_options(path):
     sys.path.insert(0, REPO)
-    from acla_basicsr.utils import OptionError
-    from acla_basicsr.utils.launch import read_options_file
+    from acla_basicsr.errors import OptionError
+    from acla_basicsr.config.files import read_options_file
     try:
         opt = read_options_file(path)
     except OptionError as error:
@@ -247,15 +247,6 @@ def tables(rows, val_sets, iters, seeds, channel):
     return '\n'.join(lines) + '\n'
 
 
-def write_atomic(path, text):
-    folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.{osp.basename(path)}.{os.getpid()}.tmp')
-    with open(tmp, 'w') as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('-opt', nargs='+', required=True, help='training options files, one row each')
@@ -283,7 +274,8 @@ def run(args):
     sets = {path: held_out_datasets(opt, args.val_sets, args.data_root) for path, opt in options}
 
     sys.path.insert(0, REPO)
-    import acla_basicsr  # noqa: F401  (compat fixes, registers the project's classes)
+    import acla_basicsr  # noqa: F401  (registers the project's classes)
+    from acla_basicsr.fileio import write_text
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -311,7 +303,7 @@ def run(args):
     text = tables(rows, args.val_sets, args.iters, args.seeds, args.channel)
     print(text, end='', flush=True)
     if args.out:
-        write_atomic(args.out, text)
+        write_text(args.out, text)
     return rows
 
 

@@ -5,7 +5,7 @@ The network is built from ``network_g`` of the options and loaded strictly from 
 else params: a training checkpoint or a published zoo file). It is traced at ``--size`` and checked at
 another size (``--check-size``, default: the export size + (5, 3)) against torch: the maximum absolute
 difference is printed, and above ``--tolerance`` (default 1e-3) the script fails. ACLA networks export
-with their ``grid_sample`` key sampling, EARN with its export path (acla_basicsr/utils/onnx_export.py).
+with their ``grid_sample`` key sampling, EARN with its export path (acla_basicsr/zoo/onnx_export.py).
 
 Usage::
 
@@ -38,10 +38,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import acla_basicsr  # noqa: F401  (registers the networks)
-    from acla_basicsr.utils.inference import load_network
-    from acla_basicsr.utils.onnx_export import check_onnx, export_onnx
-    from acla_basicsr.utils.options import OptionError
-    from acla_basicsr.utils.zoo import atomic_write
+    from acla_basicsr.inference import load_network
+    from acla_basicsr.zoo.onnx_export import check_onnx, export_onnx
+    from acla_basicsr.errors import OptionError
+    from acla_basicsr.fileio import atomic_write
 
     def fail(message):
         print(f'error: {message}', file=sys.stderr)

@@ -26,8 +26,9 @@ import yaml  # noqa: E402
 from basicsr.archs import build_network  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
-from acla_basicsr.models.search_utils import check_search_options, export_search  # noqa: E402
-from acla_basicsr.utils import OptionError  # noqa: E402
+from acla_basicsr.models.search_export import export_search  # noqa: E402
+from acla_basicsr.models.search_options import check_search_options  # noqa: E402
+from acla_basicsr.errors import OptionError  # noqa: E402
 
 
 def export_from_checkpoint(opt_path, checkpoint, out_dir=None, iteration=None, param_key='params'):

@@ -8,5 +8,5 @@ import sys
 
 if __name__ == '__main__':
     sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # this checkout's package
-    from acla_basicsr.restore_cli import console_main
+    from acla_basicsr.cli.restore import console_main
     console_main()

@@ -48,8 +48,8 @@ def rel(path):
 
 def load_params(checkpoint, param_key):
     """``(state_dict, key)`` of a training checkpoint: ``param_key``, else params_ema, else params."""
-    from acla_basicsr.utils.inference import load_state_dict
-    from acla_basicsr.utils.options import OptionError
+    from acla_basicsr.inference import load_state_dict
+    from acla_basicsr.errors import OptionError
     if not osp.isfile(checkpoint):
         fail(f'{checkpoint}: no such checkpoint; give a .pth written by training '
              '(experiments/<name>/models/net_g_latest.pth).')
@@ -62,8 +62,8 @@ def load_params(checkpoint, param_key):
 
 def check_fits(opt, params, checkpoint):
     """Build network_g and load ``params`` strictly; fail with one line if they do not fit."""
-    from acla_basicsr.utils.inference import build_network
-    from acla_basicsr.utils.options import OptionError
+    from acla_basicsr.inference import build_network
+    from acla_basicsr.errors import OptionError
     try:
         net = build_network(opt)
     except (OptionError, ValueError, TypeError) as error:
@@ -80,8 +80,8 @@ def check_fits(opt, params, checkpoint):
 def same_weights(path, params):
     """Whether the checkpoint at ``path`` holds exactly ``params`` (under params_ema or params, or as a whole)."""
     import torch
-    from acla_basicsr.utils.inference import load_state_dict
-    from acla_basicsr.utils.options import OptionError
+    from acla_basicsr.inference import load_state_dict
+    from acla_basicsr.errors import OptionError
     for key in ('params_ema', 'params', None):
         try:
             other = load_state_dict(path, key)
@@ -106,7 +106,7 @@ def find_test_options(name):
 
 
 def read_logs(paths, params):
-    from acla_basicsr.utils.model_card import LogError, parse_test_log
+    from acla_basicsr.zoo.card import LogError, parse_test_log
     logs = []
     for path in paths:
         try:
@@ -159,10 +159,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import acla_basicsr  # noqa: F401  (registers the networks)
-    from acla_basicsr.utils.inference import read_options
-    from acla_basicsr.utils.model_card import metric_rows, render_card, task_of
-    from acla_basicsr.utils.options import OptionError
-    from acla_basicsr.utils.zoo import atomic_write, file_sha256, write_published
+    from acla_basicsr.inference import read_options
+    from acla_basicsr.zoo.card import metric_rows, render_card, task_of
+    from acla_basicsr.errors import OptionError
+    from acla_basicsr.fileio import write_text
+    from acla_basicsr.zoo.published import file_sha256, write_published
 
     try:
         opt = read_options(args.opt)
@@ -214,11 +215,7 @@ def main(argv=None):
     }
     card = render_card(front, description, commands, rows)
 
-    def write_card(tmp):
-        with open(tmp, 'w', encoding='utf-8') as f:
-            f.write(card)
-
-    atomic_write(stem + '.md', write_card)
+    write_text(stem + '.md', card)
     print(f'published {name} ({network_g["type"]}, {param_key}, sha256 {sha}):')
     for path in (pth, safetensors, stem + '.md'):
         print(f'  {rel(path)}  {osp.getsize(path) / 1024:.1f} KiB')

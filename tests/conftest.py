@@ -106,8 +106,8 @@ def parsed_checked_options(config):
 
     from basicsr.utils.options import parse_options
 
-    from acla_basicsr.utils import check_options
-    from acla_basicsr.utils.launch import resolve_relative_paths
+    from acla_basicsr.config.checks import check_options
+    from acla_basicsr.config.files import resolve_relative_paths
     if not osp.isdir(osp.join(ROOT, 'datasets', 'example', 'train', 'HR_sub.lmdb')):
         pytest.skip('datasets/example is absent; run python scripts/prepare_example_data.py')
     with mock.patch.object(sys, 'argv', ['train.py', '-opt', osp.join(ROOT, config)]):

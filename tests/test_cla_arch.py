@@ -19,7 +19,8 @@ from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.cla_modules import (AdaptiveCrossLayerAttention, CrossLayerAttention,
                                             CrossLayerNonLocalAttention, NonLocalAttention, dot_product_attention,
                                             sample_keys, set_sampling_method)
-from acla_basicsr.utils import OptionError, check_options
+from acla_basicsr.config.checks import check_options
+from acla_basicsr.errors import OptionError
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ATTENTIONS = ['none', 'cla', 'acla', 'nl', 'clnl']

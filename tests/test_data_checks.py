@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from acla_basicsr.utils import OptionError, check_options
+from acla_basicsr.config.checks import check_options
+from acla_basicsr.errors import OptionError
 from conftest import ROOT, run_entry, tiny_sr_options, write_options, write_sr_folders
 
 

@@ -5,7 +5,7 @@ import os.path as osp
 import torch
 
 from conftest import ROOT, run_torchrun_training, tiny_sr_options, write_options
-from acla_basicsr.utils.launch import normalise_argv
+from acla_basicsr.cli.launch import normalise_argv
 
 
 def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, sr_folders, experiment_name):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from basicsr.models import build_model
 
-from acla_basicsr.utils.divergence import DivergenceError, DivergenceGuard
+from acla_basicsr.models.divergence import DivergenceError, DivergenceGuard
 from conftest import ROOT, run_entry, tiny_sr_options, write_options
 from test_search import TINY_EDSR
 

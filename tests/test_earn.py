@@ -15,7 +15,7 @@ from acla_basicsr.archs.earn_arch import EARN
 from acla_basicsr.archs.earn_modules import (ERAB, ASCALayer, EfficientResidualBlock, LocalSelfAttention,
                                              MaskBranch)
 from acla_basicsr.losses.earn_loss import VGG19_FILENAME, EARNLoss
-from acla_basicsr.utils import OptionError
+from acla_basicsr.errors import OptionError
 from basicsr.metrics import calculate_ssim
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY
 
@@ -411,7 +411,7 @@ def test_loss_check_options_without_building(tmp_path, monkeypatch):
 
 
 def test_bad_network_option_is_one_line():
-    from acla_basicsr.utils import check_options
+    from acla_basicsr.config.checks import check_options
     with open(osp.join(ROOT, 'options', 'train', 'demo_EARN_SRx2.yml')) as f:
         opt = yaml.safe_load(f)
     opt['network_g']['window_size'] = 4

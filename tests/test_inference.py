@@ -15,9 +15,9 @@ from basicsr.archs.edsr_arch import EDSR
 
 from acla_basicsr import ACLAEDSR, ACLARCAN, EARN, ENLCN, load_network, restore
 from acla_basicsr.archs.cla_modules import sample_keys, sampling_chunks
-from acla_basicsr.restore_cli import main
-from acla_basicsr.utils import OptionError
-from acla_basicsr.utils.inference import run_network, tile_forward
+from acla_basicsr.cli.restore import main
+from acla_basicsr.errors import OptionError
+from acla_basicsr.inference import run_network, tile_forward
 from conftest import ROOT, smooth_image, tiny_sr_options
 
 # EDSR with one residual block, x2: 3x3 convs at LR (head, 2 in the block, after the body, the upsampler's)
@@ -286,8 +286,8 @@ def test_restore_cli_restores_folders_skips_unreadable_and_prints_peak(cli_setup
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--tile', '-4'], '--tile: -4 must be an integer >= 1'),
-    (['--tile-pad', '-1'], '--tile-pad: -1 must be'),
+    (['--tile', '-4'], '--tile: -4 is out of range; give an integer >= 0.'),
+    (['--tile-pad', '-1'], '--tile-pad: -1 is out of range; give an integer >= 0.'),
     (['--model', 'missing.pth'], '--model: missing.pth does not exist'),
     (['-i', 'nowhere'], '-i: nowhere does not exist'),
 ])
@@ -342,9 +342,9 @@ def test_restoration_model_tests_with_tiles_and_self_ensemble(tmp_path, sr_folde
 
 
 @pytest.mark.parametrize('val, message', [
-    ({'tile': {'tile_size': 0.5}}, 'val.tile.tile_size: 0.5'),
+    ({'tile': {'tile_size': 0.5}}, 'val.tile.tile_size: expected an integer >= 0, got 0.5'),
     ({'tile': {'tile_size': 64, 'tile_pad': -2}}, 'val.tile.tile_pad: -2'),
-    ({'tile': 64}, 'val.tile: 64 is not'),
+    ({'tile': 64}, 'val.tile: expected a mapping with keys tile_size, tile_pad, got 64'),
     ({'self_ensemble': 'yes'}, 'val.self_ensemble'),
 ])
 def test_restoration_model_rejects_bad_tile_options(val, message):
@@ -379,7 +379,7 @@ def test_wheel_installs_and_acla_restore_runs_from_another_folder(tmp_path):
         run = subprocess.run([str(target / 'bin' / command), '--help'], cwd=str(elsewhere), capture_output=True,
                              text=True, timeout=120, env=env)
         assert run.returncode == 0 and 'usage' in run.stdout.lower(), run.stderr[-2000:]
-    probe = ('import acla_basicsr, acla_basicsr.utils.launch as l; '
+    probe = ('import acla_basicsr, acla_basicsr.config.files as l; '
              'print(acla_basicsr.__file__); print(l.project_root())')
     run = subprocess.run([sys.executable, '-c', probe], cwd=str(elsewhere), capture_output=True, text=True,
                          timeout=120, env=env)

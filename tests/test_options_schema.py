@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from acla_basicsr.models.acla_search_model import ACLASearchModel
-from acla_basicsr.utils import OptionError
-from acla_basicsr.utils.options_schema import check_schema, extra_option_keys, kinds_from_text, signature_schema
+from acla_basicsr.errors import OptionError
+from acla_basicsr.config.schema import check_schema, extra_option_keys, kinds_from_text, signature_schema
 from conftest import ROOT, run_entry, tiny_sr_options, write_options
 
 SHIPPED = sorted(glob.glob(osp.join(ROOT, 'options', '*', '*.yml')))

@@ -57,20 +57,7 @@ def test_import_order_and_reimport():
     aliased = ('import sys, torchvision.transforms.functional as F\n'
                "sys.modules['torchvision.transforms.functional_tensor'] = F\n"
                'import basicsr, acla_basicsr, importlib\nimport acla_basicsr\n'
-               'acla_basicsr.patch_basicsr()\n' + check)
+               + check)
     for code in (first, aliased):
         result = run_python(code)
         assert result.returncode == 0, result.stderr[-2000:]
-
-
-def test_compat_patches_are_in_place():
-    import basicsr.models.base_model as base_model
-    import basicsr.train
-    import basicsr.utils.options
-    from acla_basicsr import compat
-    assert basicsr.utils.options.init_dist is compat.init_dist
-    assert basicsr.train.load_resume_state is compat.load_resume_state
-    assert base_model.BaseModel.model_to_device is compat._model_to_device
-    assert base_model.torch.save is compat.atomic_torch_save
-    assert osp.dirname(acla_basicsr.__file__) == osp.join(ROOT, 'acla_basicsr')
-    assert inspect.isfunction(compat.default_backend) and compat.default_backend() in ('gloo', 'nccl')

@@ -1,5 +1,5 @@
 """Resume equivalence: a run SIGKILLed several times and resumed with --auto_resume ends bit-identical to one
-never interrupted (CPU, one thread, ``num_worker_per_gpu: 0``; acla_basicsr/utils/resume.py says why the
+never interrupted (CPU, one thread, ``num_worker_per_gpu: 0``; acla_basicsr/data/sampler.py says why the
 random states and the position in the epoch must be restored for that)."""
 import os
 import os.path as osp

@@ -17,8 +17,10 @@ from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
 from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
 from acla_basicsr.archs.supernet import PositionSelection, counted_macs
-from acla_basicsr.models.search_utils import CONFIG_FILE, POSITIONS_FILE, search_temperature
-from acla_basicsr.utils import OptionError, check_options
+from acla_basicsr.models.search_export import CONFIG_FILE, POSITIONS_FILE
+from acla_basicsr.models.search_options import search_temperature
+from acla_basicsr.config.checks import check_options
+from acla_basicsr.errors import OptionError
 from basicsr.models import build_model
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY
@@ -242,13 +244,13 @@ def test_resume_continues_temperature_logits_and_their_optimizer(tmp_path, data)
 
 
 def test_bad_search_options_fail_with_one_clear_line(tmp_path):
-    with pytest.raises(OptionError, match=r'^train\.search\.lambda: -0\.1 is negative; use a weight >= 0'):
+    with pytest.raises(OptionError, match=r'^train\.search\.lambda: -0\.1 is out of range; give a number >= 0\.$'):
         build_model(search_options(tmp_path, -0.1, 4))
     with pytest.raises(OptionError, match=r'^train\.search\.lambda: missing'):
         opt = search_options(tmp_path, 0, 4)
         del opt['train']['search']['lambda']
         build_model(opt)
-    with pytest.raises(OptionError, match=r'^train\.search\.tempreature_end: unknown option'):
+    with pytest.raises(OptionError, match=r"^train\.search: unknown option 'tempreature_end'; did you mean 'temperature_end'\?"):
         build_model(search_options(tmp_path, 0, 4, tempreature_end=0.1))
     with pytest.raises(OptionError, match=r'^network_g\.type: EDSR is not a position supernet'):
         opt = search_options(tmp_path, 0, 4)
@@ -376,7 +378,7 @@ def test_search_config_builds_its_supernet(path):
     if name.startswith('demo'):
         if not osp.isdir(osp.join(ROOT, 'datasets', 'example')):
             pytest.skip('example data absent: run scripts/prepare_example_data.py')
-        from acla_basicsr.utils.launch import resolve_relative_paths
+        from acla_basicsr.config.files import resolve_relative_paths
         opt['is_train'] = True
         for phase, dataset in opt['datasets'].items():
             dataset['phase'] = phase

@@ -16,7 +16,7 @@ from acla_basicsr.data.degradations import (BAYER_PATTERNS, DEMOSAIC_REFERENCES,
                                             bilinear_demosaic, jpeg_compress, mosaic)
 from acla_basicsr.data.degraded_image_dataset import DegradedImageDataset
 from acla_basicsr.data.prepare_util import PrepareError, bicubic_downscale, verify_lmdb
-from acla_basicsr.utils import OptionError
+from acla_basicsr.errors import OptionError
 from basicsr.utils import bgr2ycbcr
 from basicsr.utils.registry import ARCH_REGISTRY
 
@@ -149,14 +149,14 @@ def test_dataset_colors_and_mosaic_shapes(tmp_path):
     ({'dataroot_gt': None}, 'dataroot_gt: missing'),
     ({'degradation': {'type': 'blur'}}, "degradation.type: unknown degradation 'blur'"),
     ({'degradation': {'type': 'gaussian_noise', 'sigma': -1}}, 'degradation.sigma: -1'),
-    ({'degradation': {'type': 'gaussian_noise', 'quality': 10}}, 'degradation.quality: not an option'),
-    ({'degradation': {'type': 'jpeg', 'quality': 0}}, 'degradation.quality: 0 is not an integer in 1..100'),
+    ({'degradation': {'type': 'gaussian_noise', 'quality': 10}}, "degradation: unknown option 'quality'; known: sigma."),
+    ({'degradation': {'type': 'jpeg', 'quality': 0}}, 'degradation.quality: 0 is out of range; give an integer >= 1 and <= 100.'),
     ({'degradation': {'type': 'jpeg', 'quality': 101}}, 'degradation.quality: 101'),
-    ({'degradation': {'type': 'mosaic', 'pattern': 'RGBG'}}, "degradation.pattern: unknown Bayer pattern 'RGBG'"),
+    ({'degradation': {'type': 'mosaic', 'pattern': 'RGBG'}}, "degradation.pattern: expected 'RGGB', 'BGGR', 'GRBG' or 'GBRG', got 'RGBG'."),
     ({'degradation': {'type': 'mosaic', 'channels': 2}}, 'degradation.channels: 2'),
-    ({'color': 'lab'}, "color: 'lab'"),
+    ({'color': 'lab'}, "color: expected 'rgb', 'y' or 'gray', got 'lab'."),
     ({'degradation': {'type': 'mosaic'}, 'color': 'y'}, 'needs colour images'),
-    ({'phase': 'train'}, 'gt_size: None'),
+    ({'phase': 'train'}, 'gt_size: missing; give an integer >= 1'),
     ({'scale': 2}, 'use scale: 1'),
     ({'io_backend': {'type': 'http'}}, "io_backend.type: 'http'"),
     ({'dataroot_gt': 'EMPTY'}, 'holds no images'),

@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from acla_basicsr.utils import OptionError
-from acla_basicsr.utils.arch_detect import network_options
-from acla_basicsr.utils.inference import build_network, load_network
-from acla_basicsr.utils.model_card import parse_test_log, read_front_matter
-from acla_basicsr.utils.onnx_export import check_onnx, export_mode, export_onnx
-from acla_basicsr.utils.options_schema import check_schema
-from acla_basicsr.utils.zoo import check_hash_suffix, file_sha256, load_zoo_model, read_state_dict, zoo_parts
+from acla_basicsr.errors import OptionError
+from acla_basicsr.zoo.detect import network_options
+from acla_basicsr.inference import build_network, load_network
+from acla_basicsr.zoo.card import parse_test_log, read_front_matter
+from acla_basicsr.zoo.onnx_export import check_onnx, export_mode, export_onnx
+from acla_basicsr.config.schema import check_schema
+from acla_basicsr.zoo.published import check_hash_suffix, file_sha256, load_zoo_model, read_state_dict, zoo_parts
 from conftest import ROOT, SHARED_DATASETS, run_entry
 
 
@@ -233,7 +233,7 @@ def test_export_onnx_script(tmp_path):
 @pytest.mark.parametrize('key', ['EDSR', 'ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'ACLAEDSR_gray_x1'])
 def test_spandrel_detects_and_loads_every_family(tmp_path, key):
     spandrel = pytest.importorskip('spandrel')
-    from acla_basicsr.spandrel_support import register
+    from acla_basicsr.zoo.spandrel_support import register
     register()
     assert register() == []  # idempotent
     pth, net = publish(tmp_path, key)
@@ -256,7 +256,7 @@ def test_spandrel_detects_and_loads_every_family(tmp_path, key):
 
 def test_spandrel_leaves_other_architectures_alone():
     spandrel = pytest.importorskip('spandrel')
-    from acla_basicsr.spandrel_support import register
+    from acla_basicsr.zoo.spandrel_support import register
     register()
     # a SwinIR-like layout (conv_first, conv_after_body, conv_last, no body.N.conv1) is not claimed
     state = {'conv_first.weight': torch.zeros(8, 3, 3, 3), 'conv_after_body.weight': torch.zeros(8, 8, 3, 3),
@@ -293,7 +293,7 @@ def test_zoo_file_loads_in_spandrel_from_pth_and_safetensors(pth):
     """The .pth (options in its metadata) and the .safetensors (spandrel drops its metadata: shapes and
     conventions only) give the card's network and its output."""
     spandrel = pytest.importorskip('spandrel')
-    from acla_basicsr.spandrel_support import register
+    from acla_basicsr.zoo.spandrel_support import register
     register()
     card = read_front_matter(pth[:-4] + '.md')
     net = load_network(card['network_g'], pth, strict=True, device='cpu')

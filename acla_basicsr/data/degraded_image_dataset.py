@@ -1,4 +1,3 @@
-import numbers
 import os
 import random
 import zlib
@@ -14,14 +13,17 @@ from basicsr.utils import FileClient, bgr2ycbcr, img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 
 from acla_basicsr.data.degradations import BAYER_PATTERNS, add_gaussian_noise, jpeg_compress, mosaic
-from acla_basicsr.utils import OptionError
+from acla_basicsr.errors import OptionError
+from acla_basicsr.option_spec import Option, read_section
 
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-# Options of each degradation type, with their defaults.
+# Options of each degradation type (``degradation: {type: ..., ...}``), with their defaults.
 DEGRADATIONS = {
-    'gaussian_noise': {'sigma': 25},
-    'jpeg': {'quality': 20},
-    'mosaic': {'pattern': 'RGGB', 'channels': 1},
+    'gaussian_noise': {'sigma': Option('float', 25, 'Noise level on the 0..255 scale.', low=0)},
+    'jpeg': {'quality': Option('int', 20, 'JPEG quality (the paper: 10, 20, 30, 40).', low=1, high=100)},
+    'mosaic': {'pattern': Option('|'.join(BAYER_PATTERNS), 'RGGB', 'Bayer pattern.'),
+               'channels': Option('int', 1, '1: the sensor plane; 3: one colour per pixel, the others zero.',
+                                  low=1, high=3)},
 }
 COLORS = ('rgb', 'y', 'gray')
 
@@ -83,9 +85,14 @@ class DegradedImageDataset(data.Dataset):
             phase (str): 'train' or 'val' (added by basicsr).
     """
 
-    # its options beyond basicsr's common dataset keys (acla_basicsr/utils/options_schema.py)
-    extra_option_keys = {'degradation': 'dict', 'color': 'rgb|y|gray', 'gt_size': 'int', 'use_hflip': 'bool',
-                         'use_rot': 'bool'}
+    # its options beyond basicsr's common dataset keys (acla_basicsr/config/schema.py)
+    extra_option_keys = {
+        'degradation': Option('dict', None, 'The degradation: {type: gaussian_noise|jpeg|mosaic, ...} (below).',
+                              required=True),
+        'color': Option('|'.join(COLORS), 'rgb', 'Colour of the images the network sees.'),
+        'gt_size': Option('int', None, 'Training only: side of the random crops.', low=1),
+        'use_hflip': Option('bool', True, 'Training only: random horizontal flips.'),
+        'use_rot': Option('bool', True, 'Training only: random 90-degree rotations.')}
 
     def __init__(self, opt):
         super(DegradedImageDataset, self).__init__()
@@ -137,7 +144,11 @@ class DegradedImageDataset(data.Dataset):
     def degradation_options(opt):
         """The ``degradation`` option with the defaults of its type filled in."""
         degradation = dict(opt['degradation'])
-        return {**DEGRADATIONS[degradation['type']], **degradation}
+        where = f"datasets.{opt.get('phase', opt.get('name', '?'))}.degradation"
+        kind = degradation.pop('type', None)
+        if kind not in DEGRADATIONS:
+            raise OptionError(f'{where}.type: unknown degradation {kind!r}; use one of {", ".join(DEGRADATIONS)}.')
+        return {'type': kind, **read_section(degradation, DEGRADATIONS[kind], f'{where}')}
 
     @staticmethod
     def check_options(opt):
@@ -176,42 +187,18 @@ class DegradedImageDataset(data.Dataset):
         """The checks of :meth:`check_options` that need no data: degradation, color, gt_size."""
         where = f"datasets.{opt.get('phase', opt.get('name', '?'))}"
         degradation = opt.get('degradation')
-        if not isinstance(degradation, dict) or degradation.get('type') not in DEGRADATIONS:
-            kind = degradation.get('type') if isinstance(degradation, dict) else degradation
-            raise OptionError(f'{where}.degradation.type: unknown degradation {kind!r}; use one of '
-                              f'{", ".join(DEGRADATIONS)}.')
-        unknown = sorted(set(degradation) - set(DEGRADATIONS[degradation['type']]) - {'type'})
-        if unknown:
-            raise OptionError(f"{where}.degradation.{unknown[0]}: not an option of {degradation['type']}; "
-                              f"its options are {', '.join(DEGRADATIONS[degradation['type']])}.")
+        if not isinstance(degradation, dict):
+            raise OptionError(f'{where}.degradation: {degradation!r}; give {{type: gaussian_noise|jpeg|mosaic, ...}}.')
         degradation = DegradedImageDataset.degradation_options(opt)
-        if degradation['type'] == 'gaussian_noise':
-            sigma = degradation['sigma']
-            if not isinstance(sigma, numbers.Real) or isinstance(sigma, bool) or sigma < 0:
-                raise OptionError(f'{where}.degradation.sigma: {sigma!r} is not a number >= 0; give the noise '
-                                  'level on the 0..255 scale, e.g. 25.')
-        elif degradation['type'] == 'jpeg':
-            quality = degradation['quality']
-            if not isinstance(quality, numbers.Integral) or isinstance(quality, bool) or not 1 <= quality <= 100:
-                raise OptionError(f'{where}.degradation.quality: {quality!r} is not an integer in 1..100; '
-                                  'the paper uses 10, 20, 30, 40.')
-        else:
-            if degradation['pattern'] not in BAYER_PATTERNS:
-                raise OptionError(f"{where}.degradation.pattern: unknown Bayer pattern {degradation['pattern']!r}; "
-                                  f"use one of {', '.join(BAYER_PATTERNS)}.")
-            if degradation['channels'] not in (1, 3):
-                raise OptionError(f"{where}.degradation.channels: {degradation['channels']!r}; use 1 (the sensor "
-                                  'plane) or 3 (one colour per pixel, the others zero).')
-        color = opt.get('color', 'rgb')
-        if color not in COLORS:
-            raise OptionError(f"{where}.color: {color!r}; use one of {', '.join(COLORS)}.")
+        if degradation['type'] == 'mosaic' and degradation['channels'] == 2:
+            raise OptionError(f'{where}.degradation.channels: 2 is out of range; give 1 (the sensor plane) or 3 (one '
+                              'colour per pixel, the others zero).')
+        color = Option('|'.join(COLORS)).check(opt.get('color', 'rgb'), f'{where}.color')
         if degradation['type'] == 'mosaic' and color != 'rgb':
             raise OptionError(f'{where}.color: {color} with a mosaic; a Bayer mosaic needs colour images, use rgb.')
         if opt.get('phase') == 'train':
-            gt_size = opt.get('gt_size')
-            if not isinstance(gt_size, numbers.Integral) or gt_size < 1:
-                raise OptionError(f'{where}.gt_size: {gt_size!r}; training needs the size of the random crops, '
-                                  'e.g. 48.')
+            Option('int', low=1, required=True, doc='The side of the random crops, e.g. 48').check(
+                opt.get('gt_size'), f'{where}.gt_size')
 
     # ------------------------------------------------------------------ loading
     def read_gt(self, path):

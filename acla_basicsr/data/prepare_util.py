@@ -12,11 +12,10 @@ from os import path as osp
 import cv2
 import numpy as np
 
+from acla_basicsr import fileio
+from acla_basicsr.errors import PrepareError
+
 IMG_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-
-
-class PrepareError(RuntimeError):
-    """A file the preparation cannot use; its message is one line naming the file and the fix."""
 
 
 def list_images(folder):
@@ -38,17 +37,11 @@ def read_image(path):
 
 
 def write_image(path, img, compress_level=3):
-    """Write a PNG atomically: to a hidden temporary name in the same folder, then rename."""
-    folder, name = osp.split(path)
-    os.makedirs(folder, exist_ok=True)
-    tmp = osp.join(folder, f'.tmp-{os.getpid()}-{name}')
+    """Write a PNG atomically (:func:`acla_basicsr.fileio.write_image`); PrepareError naming it if it cannot."""
     try:
-        if not cv2.imwrite(tmp, img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level]):
-            raise PrepareError(f'{path}: cannot write it; check the disk space and permissions.')
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+        fileio.write_image(path, img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+    except OSError as error:
+        raise PrepareError(f'{path}: cannot write it ({error}); check the disk space and permissions.') from None
 
 
 def bicubic_downscale(img, scale):

@@ -7,7 +7,7 @@ from torch.nn import functional as F
 
 from basicsr.archs.vgg_arch import NAMES
 from basicsr.utils.registry import LOSS_REGISTRY
-from acla_basicsr.utils.options import OptionError
+from acla_basicsr.errors import OptionError
 
 _reduction_modes = ['none', 'mean', 'sum']
 VGG19_FILENAME = 'vgg19-dcbb9e9d.pth'  # torchvision's ImageNet VGG19 (IMAGENET1K_V1)

@@ -7,10 +7,11 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
 from acla_basicsr.archs.supernet import PositionSelection
-from acla_basicsr.utils import OptionError
+from acla_basicsr.errors import OptionError
 from .restoration_model import RestorationModel
-from .search_utils import (HEATMAP_FILE, HISTORY_FILE, check_search_options, export_search, search_temperature,
-                           update_history, write_heatmap)
+from .search_export import export_search
+from .search_options import OPTIM_ARCH_OPTIONS, SEARCH_OPTIONS, check_search_options, search_temperature
+from .search_plot import HEATMAP_FILE, HISTORY_FILE, update_history, write_heatmap
 
 
 @MODEL_REGISTRY.register()
@@ -47,8 +48,8 @@ class ACLASearchModel(RestorationModel):
     temperature, the expected added MACs over the backbone's (``macs_ratio``) and the selection (``sel``).
     """
 
-    # options this model reads beyond RestorationModel's (acla_basicsr/utils/options_schema.py)
-    extra_option_keys = {'train': {'search': 'dict', 'optim_arch': 'dict'}}
+    # options this model reads beyond RestorationModel's (acla_basicsr/option_spec.py; docs/options.md)
+    extra_option_keys = {'train': {'search': SEARCH_OPTIONS, 'optim_arch': OPTIM_ARCH_OPTIONS}}
 
     def __init__(self, opt):
         self.search = self.check_options(opt) if opt.get('is_train') else None
@@ -171,4 +172,4 @@ class ACLASearchModel(RestorationModel):
                 tb_logger.add_scalar(f'search/prob_p{position}', prob, current_iter)
             tb_logger.add_scalar('search/expected_macs_ratio', ratio, current_iter)
             tb_logger.add_scalar('search/num_open', len(positions), current_iter)
-            tb_logger.add_image('search/gate_heatmap', image[..., ::-1].copy(), current_iter, dataformats='HWC')
+            tb_logger.add_image('search/gate_heatmap', image, current_iter, dataformats='HWC')

@@ -1,6 +1,8 @@
 import os.path as osp
-import torch
 from collections import OrderedDict
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
@@ -10,12 +12,18 @@ from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
-from acla_basicsr.compat import atomic_torch_save
+from acla_basicsr import compat, fileio
 from acla_basicsr.data.degradations import DEMOSAIC_REFERENCES
-from acla_basicsr.utils.divergence import DivergenceGuard
-from acla_basicsr.utils.resume import capture_rng_state, restore_rng_state, rng_state_for_save
-from .schedule_options import anneal, check_gate_temperature, check_macs_penalty
-from acla_basicsr.utils.inference import DEFAULT_TILE_PAD, check_tile, run_network
+from acla_basicsr.data.sampler import capture_rng_state, restore_rng_state, rng_state_for_save
+from acla_basicsr.errors import OptionError
+from acla_basicsr.inference import DEFAULT_TILE_PAD, run_network
+from acla_basicsr.inference.tiles import TILE_PAD, TILE_SIZE
+from acla_basicsr.option_spec import Option, read_section
+from .divergence import DIVERGENCE_OPTIONS, DivergenceGuard
+from .schedule_options import (GATE_TEMPERATURE_OPTIONS, MACS_PENALTY_OPTIONS, anneal, check_gate_temperature,
+                               check_macs_penalty)
+
+TILE_OPTIONS = {'tile_size': TILE_SIZE, 'tile_pad': TILE_PAD}
 
 
 def bicubic_reference(lq, scale):
@@ -57,51 +65,41 @@ class RestorationModel(SRModel):
       and the added term as ``l_macs`` (see :mod:`acla_basicsr.models.schedule_options`).
     - ``val.tile: {tile_size: 256, tile_pad: 16}``: validation and testing run the network tile by tile
       (input pixels; bounded memory on Urban100/Manga109-sized images), ``val.self_ensemble: true``: on the 8
-      flips/transpositions of the input, averaged (see :mod:`acla_basicsr.utils.inference`).
+      flips/transpositions of the input, averaged (see :mod:`acla_basicsr.inference`).
     - ``train.divergence``: what happens to a step whose loss or gradient is not finite (by default the
       run stops with one line and exit status 2, before a checkpoint is written), see
-      :mod:`acla_basicsr.utils.divergence`.
+      :mod:`acla_basicsr.models.divergence`.
 
     A network may define ``training_stats()`` returning a dict of floats (for example ACLA's
     mean number of active keys); the values join the loss terms in every log line.
 
     Training states also hold the random states and the divergence guard, and validation leaves the
     random states as it found them, so that a run resumed with ``--auto_resume`` ends with the weights of
-    an uninterrupted one (:mod:`acla_basicsr.utils.resume`).
+    an uninterrupted one (:mod:`acla_basicsr.data.sampler`).
     """
 
     reference_functions = {'bicubic': bicubic_reference, 'input': input_reference, **DEMOSAIC_REFERENCES}
-    # options this model reads beyond basicsr's, by section (acla_basicsr/utils/options_schema.py)
-    extra_option_keys = {'train': {'network_opt': 'list',
-                                   'gate_temperature': {'start': 'float', 'end': 'float', 'iters': 'int',
-                                                        'mode': 'str'},
-                                   'macs_penalty': {'lambda': 'float', 'macs_size': 'int|list', 'start_iter': 'int'},
-                                   'divergence': {'skip_steps': 'int', 'spike_factor': 'float', 'spike_window': 'int'}},
-                         'val': {'reference': 'str', 'tile': {'tile_size': 'int', 'tile_pad': 'int'},
-                                 'self_ensemble': 'bool'}}
+    # options this model reads beyond basicsr's, by section (acla_basicsr/option_spec.py; docs/options.md)
+    extra_option_keys = {
+        'train': {'network_opt': Option('list', None, 'Losses computed from the network itself, '
+                                        '[{type: ..., name: ..., ...}].'),
+                  'gate_temperature': GATE_TEMPERATURE_OPTIONS, 'macs_penalty': MACS_PENALTY_OPTIONS,
+                  'divergence': DIVERGENCE_OPTIONS},
+        'val': {'reference': Option('str', None, 'Baseline logged beside the metrics (bicubic, input, ...).'),
+                'tile': TILE_OPTIONS,
+                'self_ensemble': Option('bool', False, 'Average the 8 flips/transpositions of the input.')}}
 
     @classmethod
     def check_options(cls, opt):
         """Reject options of this model before training starts (called by ``check_options``)."""
-        from acla_basicsr.utils.options import OptionError
         reference = (opt.get('val') or {}).get('reference')
         if reference is not None and reference not in cls.reference_functions:
             raise OptionError(f"val.reference: unknown baseline '{reference}'; use one of "
                               f"{', '.join(sorted(cls.reference_functions))} or ~.")
-        tile = (opt.get('val') or {}).get('tile')
-        if tile is not None:
-            if not isinstance(tile, dict) or set(tile) - {'tile_size', 'tile_pad'} or 'tile_size' not in tile:
-                raise OptionError(f'val.tile: {tile!r} is not {{tile_size: N, tile_pad: N}}; e.g. '
-                                  '{tile_size: 256, tile_pad: 16}, or ~ for whole images.')
-            check_tile(tile['tile_size'], tile.get('tile_pad', DEFAULT_TILE_PAD), 'val.tile.tile_size',
-                       'val.tile.tile_pad')
-        ensemble = (opt.get('val') or {}).get('self_ensemble', False)
-        if not isinstance(ensemble, bool):
-            raise OptionError(f'val.self_ensemble: {ensemble!r} must be true or false.')
-        network_opt = (opt.get('train') or {}).get('network_opt') or []
-        if opt.get('is_train') and not isinstance(network_opt, list):
-            raise OptionError('train.network_opt: must be a list of loss options, e.g. [{type: ..., loss_weight: ..}].')
+        val_keys = RestorationModel.extra_option_keys['val']
+        read_section({k: v for k, v in (opt.get('val') or {}).items() if k in val_keys}, val_keys, 'val')
         if opt.get('is_train'):
+            read_section((opt.get('train') or {}).get('divergence'), DIVERGENCE_OPTIONS, 'train.divergence')
             check_gate_temperature(opt)
             if check_macs_penalty(opt) is not None:
                 net_type = (opt.get('network_g') or {}).get('type')
@@ -157,7 +155,7 @@ class RestorationModel(SRModel):
 
     def backward_and_step(self, loss_dict, optimizers, current_iter):
         """Backpropagate the sum of the terms and step ``optimizers``, unless the divergence guard skips the
-        step or stops the run (:mod:`acla_basicsr.utils.divergence`). Return whether the step was taken."""
+        step or stops the run (:mod:`acla_basicsr.models.divergence`). Return whether the step was taken."""
         sum(loss_dict.values()).backward()
         named = list(self.get_bare_model(self.net_g).named_parameters())
         if not self.divergence_guard.check_step(loss_dict, named, current_iter, get_root_logger()):
@@ -200,11 +198,29 @@ class RestorationModel(SRModel):
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
+    # ------------------------------------------------------------------ basicsr 1.4.2 fixes (acla_basicsr/compat.py)
+    def model_to_device(self, net):
+        """basicsr's, except that a distributed run on CPUs wraps DDP without ``device_ids``.
+
+        basicsr builds ``DistributedDataParallel(net, device_ids=[torch.cuda.current_device()])``, which fails
+        on a machine without CUDA (measured: gloo training under torchrun on the CPU).
+        """
+        if self.opt['dist'] and self.device.type == 'cpu':
+            return DistributedDataParallel(
+                net.to(self.device), find_unused_parameters=self.opt.get('find_unused_parameters', False))
+        return super().model_to_device(net)
+
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """basicsr's, written atomically: a run killed while saving leaves the previous checkpoint, not a
+        truncated one (measured: basicsr's ``torch.save`` in place left half-written ``.pth`` files)."""
+        with compat.atomic_saves():
+            super().save_network(net, net_label, current_iter, param_key)
+
     # ------------------------------------------------------------------ exact resume
     @master_only
     def save_training_state(self, epoch, current_iter):
         """basicsr's training state (epoch, iteration, optimizers, schedulers) plus the random states and the
-        divergence guard, written atomically (:mod:`acla_basicsr.utils.resume`)."""
+        divergence guard, written atomically (:mod:`acla_basicsr.data.sampler`)."""
         if current_iter == -1:
             return
         state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
@@ -212,11 +228,11 @@ class RestorationModel(SRModel):
                  'rng': rng_state_for_save(capture_rng_state()), 'rng_rank': self.opt.get('rank', 0)}
         if hasattr(self, 'divergence_guard'):
             state['divergence'] = self.divergence_guard.state_dict()
-        atomic_torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
+        fileio.torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
 
     def resume_training(self, resume_state):
         """basicsr's resume (optimizers, schedulers) and the divergence guard; the random states are restored by
-        the sampler, right before the first resumed batch (:class:`acla_basicsr.utils.resume.ResumableSampler`)."""
+        the sampler, right before the first resumed batch (:class:`acla_basicsr.data.sampler.ResumableSampler`)."""
         super().resume_training(resume_state)
         if 'divergence' in resume_state and hasattr(self, 'divergence_guard'):
             self.divergence_guard.load_state_dict(resume_state['divergence'])

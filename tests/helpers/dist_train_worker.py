@@ -13,7 +13,7 @@ import torch  # noqa: E402
 
 import acla_basicsr  # noqa: E402,F401
 import basicsr.train  # noqa: E402
-from acla_basicsr.utils.launch import run_pipeline  # noqa: E402
+from acla_basicsr.cli.launch import run_pipeline  # noqa: E402
 
 out_dir = sys.argv.pop(1)
 built = []

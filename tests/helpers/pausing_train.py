@@ -61,7 +61,7 @@ def install_pause(marker, spec):
 
 
 def child(marker, spec, config, resume):
-    from acla_basicsr.utils.launch import main as launch
+    from acla_basicsr.cli.launch import main as launch
     code = 0
     try:
         install_pause(marker, spec)
@@ -81,7 +81,7 @@ def child(marker, spec, config, resume):
 def main():
     marker, runs = sys.argv[1], sys.argv[2:]
     import acla_basicsr  # noqa: F401  (imported once, before the children are forked)
-    import acla_basicsr.utils.launch  # noqa: F401
+    import acla_basicsr.cli.launch  # noqa: F401
     for index, run in enumerate(runs):
         spec, config, *flags = run.split(':')
         pid = os.fork()

@@ -61,7 +61,7 @@ def export_onnx(net, path, size=(64, 64), opset=DEFAULT_OPSET):
         size (tuple[int, int]): (H, W) of the tracing input. Default: (64, 64).
         opset (int): ONNX opset. Default: 17.
     """
-    from acla_basicsr.utils.inference import input_channels
+    from acla_basicsr.inference import input_channels
     net = net.eval()
     param = next(net.parameters())
     dummy = torch.rand(1, input_channels(net), *size, device=param.device, dtype=param.dtype)
@@ -94,7 +94,7 @@ def check_onnx(net, path, size=(37, 53), seed=0):
         float: max |onnxruntime - torch| over the output.
     """
     import onnxruntime
-    from acla_basicsr.utils.inference import input_channels
+    from acla_basicsr.inference import input_channels
     generator = torch.Generator().manual_seed(seed)
     image = torch.rand(1, input_channels(net), *size, generator=generator)
     param = next(net.parameters())

@@ -1,6 +1,6 @@
 """The schema of basicsr options files: every key that basicsr 1.4.2 or this package reads, with its type.
 
-:func:`check_schema` walks an options dict and raises :class:`~acla_basicsr.utils.options.OptionError`
+:func:`check_schema` walks an options dict and raises :class:`~acla_basicsr.errors.OptionError`
 (one line, exit status 2 through the launcher) for the first key that is unknown (with the nearest known
 name: ``network_g: ... unknown option 'netwrok_g'; did you mean 'network_g'?``), missing although
 required, or of the wrong type (``network_g.num_feat: expected an integer, got 'eight'``).
@@ -22,9 +22,9 @@ Where the keys come from:
   states, else the type of its default (an integer default accepts any number). A constructor with
   ``**kwargs`` accepts other names.
 
-Type specs are strings: ``int``, ``float`` (any number), ``bool``, ``str``, ``list``, ``dict``, ``any``,
-alternatives joined by ``|``, and other words as literal values (``int|auto``). ``~`` is accepted for every
-key that is not required (basicsr reads it as "unset"). A dict as spec is a nested section.
+Keys are declared as in :mod:`acla_basicsr.option_spec`: an :class:`~acla_basicsr.option_spec.Option` (type,
+default, range, meaning) or its type as a string (``int``, ``float|list``, ``int|auto``); a dict is a nested
+section. ``~`` is accepted for every key that is not required (basicsr reads it as "unset").
 
 Keys that other plugins add are allowed by the top-level option ``allow_unknown_options``: ``true`` (every
 unknown key is reported as a warning on stderr instead of an error) or a list of dotted keys, where ``*``
@@ -36,7 +36,8 @@ import inspect
 import re
 import sys
 
-from acla_basicsr.utils.options import OptionError
+from acla_basicsr.option_spec import check_value, registered_class, unknown_option
+from acla_basicsr.errors import OptionError
 
 # ---------------------------------------------------------------------------------------------- known keys
 # Added by basicsr's parse_options / train_pipeline at run time (never needed in a file).
@@ -130,52 +131,7 @@ DATASET_KEYS = {
     'VideoRecurrentTestDataset': dict(_VIDEO),
 }
 
-_KIND_WORDS = {'int': 'an integer', 'float': 'a number', 'bool': 'true or false', 'str': 'a string',
-               'list': 'a list', 'dict': 'a mapping', 'any': 'anything'}
-
-
 # ---------------------------------------------------------------------------------------------- type specs
-def _parse_spec(spec):
-    """Split ``'int|auto'`` into kinds ({'int'}) and literal values ({'auto'})."""
-    words = [w.strip() for w in spec.split('|')]
-    return {w for w in words if w in _KIND_WORDS}, [w for w in words if w not in _KIND_WORDS]
-
-
-def _matches(value, kind):
-    if kind == 'any':
-        return True
-    if kind == 'bool':
-        return isinstance(value, bool)
-    if kind == 'int':
-        return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
-    if kind == 'float':
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == 'str':
-        return isinstance(value, str)
-    if kind == 'list':
-        return isinstance(value, (list, tuple))
-    return isinstance(value, dict)
-
-
-def _expected(kinds, literals):
-    parts = [_KIND_WORDS[k] for k in sorted(kinds)] + [repr(v) for v in literals]
-    return ' or '.join(parts) if len(parts) < 3 else ', '.join(parts[:-1]) + ' or ' + parts[-1]
-
-
-def check_value(value, spec, where):
-    """Raise OptionError when ``value`` does not fit ``spec`` (a string spec; ``None`` always fits)."""
-    if value is None:
-        return
-    kinds, literals = _parse_spec(spec)
-    if any(_matches(value, k) for k in kinds) or (isinstance(value, str) and value in literals):
-        return
-    hint = ''
-    if kinds & {'int', 'float'} and isinstance(value, str) and re.fullmatch(r'[-+]?\d*\.?\d+[eE][-+]?\d+', value):
-        hint = f'; YAML reads {value} as a string, write !!float {value} or a number with a dot ({float(value)!r})'
-    raise OptionError(f'{where}: expected {_expected(kinds, literals)}, got {value!r}{hint}.')
-
-
 def kinds_from_text(text):
     """Kinds (a spec) from a type's text: an annotation or a docstring type such as ``tuple[float] | None``."""
     text = text.strip().lower()
@@ -274,12 +230,7 @@ class SchemaChecker:
         if self.allow_all or any(fnmatch.fnmatchcase(path, p) or path.startswith(p + '.') for p in self.allowed):
             self.warn(f'{path}: unknown option, allowed by allow_unknown_options.')
             return
-        names = [k for k in known if '*' not in k]
-        close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'?" if close else (
-            'known: ' + ', '.join(sorted(names)) + '.' if len(names) <= 12 else
-            'see the options files in options/ (or allow it with allow_unknown_options).')
-        raise OptionError(f"{where or 'options'}: unknown option '{key}'; {hint}")
+        raise unknown_option(where, key, known)
 
     @staticmethod
     def _lookup(known, key):
@@ -302,6 +253,9 @@ class SchemaChecker:
         for key in required:
             if section.get(key) is None:
                 raise OptionError(f"{where or 'options'}: missing required option '{key}'.")
+        for key, spec in known.items():  # options declared required (an Option of a model's section)
+            if getattr(spec, 'required', False) and section.get(key) is None:
+                spec.check(None, self._join(where, key))
         for key, value in section.items():
             spec = self._lookup(known, key)
             if isinstance(spec, dict):
@@ -309,15 +263,9 @@ class SchemaChecker:
             elif spec is not None:
                 check_value(value, spec, self._join(where, key))
 
-    def _registered(self, registry, name, where):
-        if not isinstance(name, str):
-            raise OptionError(f'{where}.type: expected a string (a registered name), got {name!r}.')
-        if name not in registry:
-            known = sorted(k for k in registry.keys() if not k.endswith('_basicsr'))
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-            hint = f"did you mean '{close[0]}'?" if close else f"registered: {', '.join(known)}."
-            raise OptionError(f"{where}.type: unknown {registry._name} type '{name}'; {hint}")
-        return registry.get(name)
+    @staticmethod
+    def _registered(registry, name, where):
+        return registered_class(registry, name, f'{where}.type')
 
     def check_constructor(self, section, target, where, extra=None, skip=('self', ), closed=False):
         """Check a ``{type: ..., **kwargs}`` mapping against the constructor or function ``target``.

@@ -23,11 +23,16 @@ from collections import deque
 
 import torch
 
-DEFAULTS = {'skip_steps': 0, 'spike_factor': None, 'spike_window': 100}
+from acla_basicsr.errors import DivergenceError
+from acla_basicsr.option_spec import Option, read_section
 
-
-class DivergenceError(RuntimeError):
-    """The training diverged; its message is one line: what, where, the last good state and the fix."""
+#: ``train.divergence`` (module docstring).
+DIVERGENCE_OPTIONS = {
+    'skip_steps': Option('int', 0, 'Bad steps that may be skipped in the run before it stops.', low=0),
+    'spike_factor': Option('float', None, 'A loss above this factor of the running median counts as a bad step '
+                           '(~: off).', low=1, low_open=True),
+    'spike_window': Option('int', 100, 'Losses in that running median; the check starts once it is full.', low=1),
+}
 
 
 def newest_state(state_dir):
@@ -48,7 +53,7 @@ class DivergenceGuard:
     """
 
     def __init__(self, options=None, state_dir=None, lr_hint='train.optim_g.lr', dist=False):
-        options = dict(DEFAULTS, **{k: v for k, v in (options or {}).items() if v is not None})
+        options = read_section(options, DIVERGENCE_OPTIONS, 'train.divergence')
         self.skip_steps = int(options['skip_steps'])
         self.spike_factor = None if options['spike_factor'] is None else float(options['spike_factor'])
         self.recent = deque(maxlen=int(options['spike_window']))

@@ -1,31 +1,17 @@
-"""Checks of a parsed options dict, run before basicsr writes anything to ``experiments/``.
+"""Checks of the data that a run will read, before anything is written: paths, LQ/GT pairs, scales, sizes.
 
-basicsr finds a wrong option deep inside training (a ``KeyError`` from a registry, an
-``AssertionError`` from a dataset) after it has created the experiment folder. The entry points
-call :func:`check_options` right after ``parse_options``, so bad input ends with one line that
-names the option and the fix, and nothing is written.
-
-A registered dataset may define a ``check_options(opt)`` static method; it is called here with
-the dataset's options and raises :class:`OptionError` for what it rejects. A registered model
-may define a ``check_options(opt)`` class method, called with the whole options dict.
+Called for every dataset of the options by :func:`acla_basicsr.config.checks.check_options`. A registered
+dataset may define ``check_options(opt)`` (a static method that raises :class:`OptionError` for what it
+rejects) and ``image_sizes(opt)`` (the (height, width) of every image), so that its ``gt_size`` and batch
+size are checked against its data too.
 """
-import logging
 from os import path as osp
 
-from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
+from basicsr.utils.registry import DATASET_REGISTRY
 
+from acla_basicsr.option_spec import registered_class
 from acla_basicsr.data.prepare_util import list_images, read_meta_info
-
-class OptionError(ValueError):
-    """A wrong option or input file; its message is one line that names it and says the fix."""
-
-
-def _require_registered(registry, name, where):
-    if name is None:
-        raise OptionError(f'{where}: missing; set it to one of the registered names.')
-    if name not in registry:
-        known = ', '.join(sorted(k for k in registry.keys() if not k.endswith('_basicsr')))
-        raise OptionError(f"{where}: unknown {registry._name} type '{name}'; registered: {known}.")
+from acla_basicsr.errors import OptionError
 
 
 def _read_meta_info(lmdb_path, where):
@@ -133,7 +119,7 @@ def check_dataset(dataset_opt, phase, scale, world_size=1):
     every image) so that its ``gt_size`` and batch size are checked against its data too.
     """
     where = f'datasets.{phase}'
-    _require_registered(DATASET_REGISTRY, dataset_opt.get('type'), f'{where}.type')
+    cls = registered_class(DATASET_REGISTRY, dataset_opt.get('type'), f'{where}.type')
     for key, value in dataset_opt.items():
         if key.startswith('dataroot') and value is not None and not osp.exists(value):
             raise OptionError(f'{where}.{key}: {value} does not exist; run scripts/prepare_example_data.py '
@@ -145,7 +131,6 @@ def check_dataset(dataset_opt, phase, scale, world_size=1):
         if gt_size is not None and scale and gt_size % scale != 0:
             raise OptionError(f'{where}.gt_size: {gt_size} is not divisible by scale {scale}; '
                               f'use a multiple of {scale}, e.g. {gt_size // scale * scale or scale}.')
-    cls = DATASET_REGISTRY.get(dataset_opt['type'])
     sizes = None
     if hasattr(cls, 'check_options'):
         cls.check_options(dataset_opt)
@@ -157,64 +142,3 @@ def check_dataset(dataset_opt, phase, scale, world_size=1):
         _check_training_sizes(dataset_opt, where, scale or 1, sizes, world_size)
 
 
-def check_options(opt):
-    """Check the keys and their types (:mod:`acla_basicsr.utils.options_schema`), the registered types, data
-    paths and sizes of a parsed basicsr options dict.
-
-    Args:
-        opt (dict): Options returned by ``basicsr.utils.options.parse_options``.
-
-    Raises:
-        OptionError: naming the first wrong option and how to fix it.
-    """
-    from acla_basicsr.utils.options_schema import check_schema
-    # unknown and mistyped keys first (acla_basicsr/utils/options_schema.py); the launcher checked the required
-    # ones in the file before basicsr parsed it
-    check_schema(opt, required=False)
-    _require_registered(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
-    scale = opt.get('scale', 1)
-    if not isinstance(scale, int) or scale < 1:
-        raise OptionError(f'scale: {scale!r} is not a positive integer; use 1 (restoration), 2, 3 or 4.')
-    for key in [k for k in opt if k.startswith('network_')]:
-        _require_registered(ARCH_REGISTRY, opt[key].get('type'), f'{key}.type')
-        arch = dict(opt[key])
-        cls = ARCH_REGISTRY.get(arch.pop('type'))
-        if arch.get('upscale', scale) != scale:
-            raise OptionError(f"{key}.upscale: {arch['upscale']} differs from scale {scale}; make them equal.")
-        try:
-            cls(**arch)
-        except (TypeError, ValueError) as error:
-            raise OptionError(f'{key}: {error}') from None
-    model_cls = MODEL_REGISTRY.get(opt['model_type'])
-    if hasattr(model_cls, 'check_options'):
-        model_cls.check_options(opt)
-    if opt.get('is_train'):
-        for key, value in opt.get('train', {}).items():
-            if key.endswith('_opt') and isinstance(value, dict) and 'type' in value:
-                _require_registered(LOSS_REGISTRY, value['type'], f'train.{key}.type')
-                loss_cls = LOSS_REGISTRY.get(value['type'])
-                if hasattr(loss_cls, 'check_options'):  # e.g. a missing VGG19 weights file
-                    try:
-                        loss_cls.check_options(value)
-                    except ValueError as error:
-                        raise OptionError(f'train.{key}.{error}') from None
-        for index, value in enumerate(opt.get('train', {}).get('network_opt') or []):
-            _require_registered(LOSS_REGISTRY, value.get('type'), f'train.network_opt[{index}].type')
-            try:  # losses on the network are light to build; build them to check their arguments
-                LOSS_REGISTRY.get(value['type'])(**{k: v for k, v in value.items() if k not in ('type', 'name')})
-            except (TypeError, ValueError) as error:
-                raise OptionError(f'train.network_opt[{index}]: {error}') from None
-        if not any(p == 'train' for p in opt['datasets']):
-            raise OptionError('datasets.train: missing; a training config needs a train dataset.')
-    if not opt.get('datasets'):
-        raise OptionError('datasets: empty; give at least one dataset.')
-    for phase, dataset_opt in opt['datasets'].items():
-        check_dataset(dataset_opt, phase, scale, opt.get('world_size', 1) if opt.get('dist') else 1)
-    for key, value in opt.get('path', {}).items():
-        if key.startswith('pretrain_network') and value is not None and not osp.isfile(value):
-            raise OptionError(f'path.{key}: {value} does not exist; give a local .pth file or ~ to train from scratch.')
-    # Building networks and datasets above may have initialised basicsr's logger without its log
-    # file; forget it so that the pipeline sets it up with the file, as it expects.
-    from basicsr.utils import logger as basicsr_logger
-    if basicsr_logger.initialized_logger.pop('basicsr', None):
-        logging.getLogger('basicsr').handlers.clear()

@@ -1,7 +1,7 @@
 """The ``network_g`` options of a state dict, read from its keys and tensor shapes.
 
-Unregistered helper of :mod:`acla_basicsr.spandrel_support` (spandrel's loader, used by chaiNNer and
-ComfyUI, gets a state dict and nothing else) and of :func:`acla_basicsr.utils.zoo.load_zoo_model`.
+Unregistered helper of :mod:`acla_basicsr.zoo.spandrel_support` (spandrel's loader, used by chaiNNer and
+ComfyUI, gets a state dict and nothing else) and of :func:`acla_basicsr.zoo.published.load_zoo_model`.
 
 Families: basicsr's ``EDSR``, ``ACLAEDSR``, ``ACLARCAN``, ``ENLCN`` and ``EARN``. What the shapes give:
 channels in and out, ``num_feat``, ``num_block`` / ``num_group``, ``upscale``, the attention type and its
@@ -23,6 +23,8 @@ last block or group (``[2, 4]`` for 2 modules in 4 blocks).
 """
 import re
 
+from acla_basicsr.errors import DetectionError
+
 #: Key of the network options in a published state dict's ``_metadata`` (no module path has a colon).
 METADATA_KEY = 'acla_basicsr:network_g'
 DIV2K_MEAN = [0.4488, 0.4371, 0.4040]
@@ -30,10 +32,6 @@ DIV2K_MEAN = [0.4488, 0.4371, 0.4040]
 _STRUCTURAL = ('type', 'num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'num_group', 'upscale', 'attention',
                'num_keys', 'attention_positions', 'num_embed_feat', 'num_samples', 'window_size', 'reduction',
                'squeeze_factor', 'use_asca', 'use_local_attention', 'use_mask_branch')
-
-
-class DetectionError(ValueError):
-    """The state dict is not one of the families above (one-line message)."""
 
 
 def _count(state_dict, prefix):
@@ -224,7 +222,7 @@ def build_detected(state_dict, use_metadata=True):
         DetectionError: Not one of the families, or a network whose parameter names differ from the keys
             (then it is another architecture with a similar layout).
     """
-    from acla_basicsr.utils.inference import build_network
+    from acla_basicsr.inference import build_network
     options = network_options(state_dict, use_metadata)
     try:
         net = build_network(dict(options))

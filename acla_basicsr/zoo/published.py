@@ -5,10 +5,10 @@ As BasicSR's model zoo: a published file holds the parameters only, ``{'params':
 of the file's own sha256, so that a download can be checked against its name (as torch.hub's
 ``check_hash``). A ``.safetensors`` copy of the same tensors sits beside it (the ``network_g`` options and
 the parameter key in its string metadata), and the model card ``<name>-<sha8>.md``
-(:mod:`acla_basicsr.utils.model_card`).
+(:mod:`acla_basicsr.zoo.card`).
 
 The ``network_g`` options are also stored in the state dict's ``_metadata`` under
-:data:`~acla_basicsr.utils.arch_detect.METADATA_KEY`: torch keeps that attribute through ``torch.save`` and
+:data:`~acla_basicsr.zoo.detect.METADATA_KEY`: torch keeps that attribute through ``torch.save`` and
 ``torch.load`` (``weights_only`` too) and ``load_state_dict`` ignores keys that are not module paths, so the
 file loads strictly into the network with basicsr's ``load_network`` and needs no options file with
 :func:`load_zoo_model` or spandrel.
@@ -19,14 +19,14 @@ import json
 import os
 import os.path as osp
 import re
-import tempfile
 from collections import OrderedDict
 from urllib.parse import urlparse
 
 import torch
 
-from acla_basicsr.utils.arch_detect import METADATA_KEY, network_options
-from acla_basicsr.utils.options import OptionError
+from acla_basicsr import fileio
+from acla_basicsr.zoo.detect import METADATA_KEY, network_options
+from acla_basicsr.errors import OptionError
 
 #: ``<name>-<8 hex digits>.pth``: the zoo's file names.
 ZOO_NAME = re.compile(r'^(?P<name>.+)-(?P<sha8>[0-9a-f]{8})\.(?:pth|safetensors|md)$')
@@ -71,22 +71,6 @@ def check_hash_suffix(path):
     return sha
 
 
-def atomic_write(path, write):
-    """Call ``write(tmp_path)`` on a temporary name in the folder of ``path``, then rename it to ``path``."""
-    folder = osp.dirname(osp.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path), suffix='.tmp', dir=folder)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; published files are readable by all
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-
-
 def published_state_dict(state_dict, network_g):
     """A plain CPU state dict with ``network_g`` in its ``_metadata`` (see the module docstring)."""
     params = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in state_dict.items())
@@ -114,14 +98,10 @@ def write_published(state_dict, network_g, out_dir, name, param_key='params'):
     sha = hashlib.sha256(data).hexdigest()
     pth = osp.join(out_dir, f'{name}-{sha[:8]}.pth')
 
-    def write_bytes(tmp):
-        with open(tmp, 'wb') as f:
-            f.write(data)
-
-    atomic_write(pth, write_bytes)
+    fileio.write_bytes(pth, data)
     metadata = {'network_g': json.dumps(network_g), 'param_key': param_key, 'sha256_pth': sha}
     safetensors = osp.join(out_dir, f'{name}-{sha[:8]}.safetensors')
-    atomic_write(safetensors, lambda tmp: save_file(dict(params), tmp, metadata=metadata))
+    fileio.atomic_write(safetensors, lambda tmp: save_file(dict(params), tmp, metadata=metadata))
     return pth, safetensors, sha
 
 
@@ -138,7 +118,7 @@ def read_state_dict(path, param_key=None):
         if 'network_g' in metadata:
             state._metadata = {METADATA_KEY: {'network_g': json.loads(metadata['network_g'])}}
         return state, metadata.get('param_key', 'params')
-    from acla_basicsr.utils.inference import load_state_dict
+    from acla_basicsr.inference import load_state_dict
     return load_state_dict(path, param_key, return_key=True)
 
 
@@ -151,14 +131,14 @@ def load_zoo_model(url_or_path, network_g=None, model_dir=None, check_hash=True,
 
     Example::
 
-        from acla_basicsr.utils.zoo import load_zoo_model
+        from acla_basicsr.zoo.published import load_zoo_model
         net = load_zoo_model('https://github.com/<owner>/<repo>/releases/download/v0.1/ACLA_SRx2-1a2b3c4d.pth')
 
     Args:
         url_or_path (str): A URL or a local ``<name>-<sha8>.pth`` / ``.safetensors``.
         network_g (dict | str | None): The network options (a ``network_g`` dict, an options file or dict);
             None: those stored in the file, else detected from its tensors
-            (:func:`~acla_basicsr.utils.arch_detect.network_options`). Default: None.
+            (:func:`~acla_basicsr.zoo.detect.network_options`). Default: None.
         model_dir (str | None): Download folder. Default: None.
         check_hash (bool): Check the sha256 against the name's suffix. Default: True.
         device (str | torch.device): Where to put the network. Default: 'cpu'.
@@ -170,7 +150,7 @@ def load_zoo_model(url_or_path, network_g=None, model_dir=None, check_hash=True,
     Raises:
         OptionError: A name without a hash suffix, a hash mismatch, weights that do not fit.
     """
-    from acla_basicsr.utils.inference import build_network, load_network
+    from acla_basicsr.inference import build_network, load_network
     scheme = urlparse(str(url_or_path)).scheme
     path = str(url_or_path)
     if len(scheme) > 1:  # not a Windows drive letter

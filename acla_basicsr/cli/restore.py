@@ -15,7 +15,7 @@ import os
 import os.path as osp
 import sys
 
-from acla_basicsr.utils.options import OptionError
+from acla_basicsr.errors import OptionError
 
 
 def parse_args(argv=None):
@@ -75,8 +75,8 @@ def main(argv=None):
         import torch
         from tqdm import tqdm
 
-        from acla_basicsr.utils.inference import (check_tile, load_network, peak_memory_mib, read_image, restore,
-                                                  write_png_atomic)
+        from acla_basicsr.inference import (check_tile, load_network, peak_memory_mib, read_image, restore,
+                                                  write_image)
         check_tile(args.tile, args.tile_pad, '--tile', '--tile-pad')
         if args.device is not None:
             try:
@@ -107,7 +107,7 @@ def main(argv=None):
             else:
                 try:
                     result = restore(net, image, args.tile or None, args.tile_pad, args.self_ensemble, args.half)
-                    write_png_atomic(target, result)
+                    write_image(target, result)
                 except (RuntimeError, ValueError, OSError) as error:  # e.g. out of memory: the others go on
                     message = str(error).splitlines()[0] if str(error) else type(error).__name__
                     hint = '; try --tile 256' if 'memory' in message.lower() and not args.tile else ''

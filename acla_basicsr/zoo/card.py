@@ -14,16 +14,14 @@ import re
 
 import yaml
 
+from acla_basicsr.errors import LogError
+
 _TIME = r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO: '
 _VALIDATION = re.compile(_TIME + r'Validation (?P<set>.+?)\s*$')
 _METRIC = re.compile(r'^\s*# (?P<metric>\w+): (?P<value>-?[\d.]+|nan|inf)')
 _AGAINST = re.compile(_TIME + r'Validation (?P<set>.+?) against (?P<ref>\S+): (?P<rest>.*)$')
 _AGAINST_METRIC = re.compile(r'(?P<metric>\w+): (?P<value>-?[\d.]+) vs \S+ (?P<ref>-?[\d.]+)')
 _LOADING = re.compile(_TIME + r'Loading (?P<arch>\S+) model from (?P<path>.+), with param key: \[(?P<key>[^\]]*)\]')
-
-
-class LogError(ValueError):
-    """A test log that this module cannot read (one-line message)."""
 
 
 def _parse_dump(lines):
@@ -205,11 +203,11 @@ JPEG input, OpenCV bilinear demosaicing), measured in the same run.
 ## Loading
 
 ```python
-from acla_basicsr.utils.zoo import load_zoo_model
+from acla_basicsr.zoo.published import load_zoo_model
 net = load_zoo_model('{files['pth']}')  # a path or a URL; checks the sha256, eval() mode
 
 import spandrel  # the loader of chaiNNer and ComfyUI
-from acla_basicsr.spandrel_support import register
+from acla_basicsr.zoo.spandrel_support import register
 register()
 model = spandrel.ModelLoader().load_from_file('{files['pth']}')
 ```

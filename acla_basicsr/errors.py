@@ -1,0 +1,25 @@
+"""The project's exceptions: each message is one line that names the option or file and says the fix.
+
+A leaf module (it imports nothing of the project), so every layer may raise them. The entry points
+(:mod:`acla_basicsr.cli`) print ``error: <message>`` on stderr and exit with status 2 for each of them.
+"""
+
+
+class OptionError(ValueError):
+    """A wrong option, argument or input file."""
+
+
+class DivergenceError(RuntimeError):
+    """The training diverged: what, where, the last good state and the fix."""
+
+
+class DetectionError(ValueError):
+    """A state dict that is none of the project's network families."""
+
+
+class LogError(ValueError):
+    """A test log that the model card cannot read."""
+
+
+class PrepareError(RuntimeError):
+    """A file that data preparation cannot use."""
