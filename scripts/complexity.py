@@ -113,7 +113,7 @@ def checkpoint_report(opt_path, checkpoint, images, size, param_key):
     from basicsr.utils import img2tensor
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    from acla_basicsr.archs.supernet import counted_macs
+    from acla_basicsr.archs.macs import counted_macs
     from acla_basicsr.data.prepare_util import list_images
     for flag, path, kind in (('-opt', opt_path, 'file'), ('--checkpoint', checkpoint, 'file'),
                              ('--images', images, 'folder')):

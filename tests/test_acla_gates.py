@@ -18,7 +18,7 @@ from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
 from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
 from acla_basicsr.archs.cla_modules import AdaptiveCrossLayerAttention
-from acla_basicsr.archs.supernet import counted_macs
+from acla_basicsr.archs.macs import counted_macs
 from acla_basicsr.models.search_export import CONFIG_FILE
 from acla_basicsr.errors import OptionError
 

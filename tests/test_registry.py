@@ -1,7 +1,5 @@
 """Every class of the project is registered in basicsr's registries, once, without name clashes."""
 import importlib
-import inspect
-import os.path as osp
 import pkgutil
 import subprocess
 import sys

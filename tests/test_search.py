@@ -16,7 +16,8 @@ from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
 from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
-from acla_basicsr.archs.supernet import PositionSelection, counted_macs
+from acla_basicsr.archs.macs import counted_macs
+from acla_basicsr.archs.supernet import PositionSelection
 from acla_basicsr.models.search_export import CONFIG_FILE, POSITIONS_FILE
 from acla_basicsr.models.search_options import search_temperature
 from acla_basicsr.config.checks import check_options
@@ -428,40 +429,3 @@ def test_bench_search_sampling_bound_replaces_only_the_key_sampling():
     assert 'final network, ACLA at [2, 4], key sampling free' in result.stdout
     bound = float(result.stdout.split('search (joint) / final network = ')[1].split('x')[0])
     assert bound > 0
-
-
-def test_whatif_sub_network_step_computes_the_acla_module_on_its_open_layers():
-    """benchmarks/whatif_search_routes.py times a sub-network step whose modules run on their open key layers
-    only: on all layers (same gate noise) that forward equals the ACLA module's own, and with every position
-    gate closed the supernet body is the backbone's. The script prints its rows on the demo config."""
-    import importlib.util
-    import types
-    from acla_basicsr.archs.cla_modules import AdaptiveCrossLayerAttention
-    spec = importlib.util.spec_from_file_location('whatif', osp.join(ROOT, 'benchmarks', 'whatif_search_routes.py'))
-    whatif = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(whatif)
-    torch.manual_seed(0)
-    module = AdaptiveCrossLayerAttention(4, 3, num_keys=2).train()
-    torch.nn.init.normal_(module.proj.weight)
-    torch.nn.init.normal_(module.gate.weight)
-    x, keys = torch.randn(2, 4, 5, 6), [torch.randn(2, 4, 5, 6) for _ in range(3)]
-    torch.manual_seed(1)
-    reference = module(x, keys)
-    torch.manual_seed(1)
-    torch.testing.assert_close(whatif.open_layers_forward(module, x, keys, [0, 1, 2]), reference)
-
-    net = ACLASuperEDSR(num_feat=8, num_block=3, upscale=2, res_scale=1, num_keys=2).train()
-    with torch.no_grad():
-        net.arch_logits.fill_(-1e4)
-    feat = torch.randn(1, 8, 6, 5)
-    sampled = types.MethodType(whatif.sub_network_forward_body, net)
-    torch.testing.assert_close(sampled(feat), net.body(feat))
-
-    result = subprocess.run([sys.executable, osp.join(ROOT, 'benchmarks', 'whatif_search_routes.py'), '-opt',
-                             osp.join(ROOT, 'options', 'search', 'demo_search_SRx2.yml'), '--positions', '2', '4',
-                             '--iters', '1'], capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, OMP_NUM_THREADS='1'))
-    assert result.returncode == 0, result.stderr[-2000:]
-    for row in ('search (joint), shipped', 'final network, ACLA at [2, 4]', 'search, value projections removed',
-                'search, one sub-network per step'):
-        assert f'| {row} |' in result.stdout, row

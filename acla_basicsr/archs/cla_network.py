@@ -184,7 +184,7 @@ class CrossLayerAttentionMixin:
         """
         cache = self.__dict__.setdefault('_backbone_macs', {})
         if (height, width) not in cache:
-            from .supernet import counted_macs
+            from .macs import counted_macs
             cls = ARCH_REGISTRY.get(getattr(self, 'final_arch_type', None) or type(self).__name__)
             cache[(height, width)] = counted_macs(
                 lambda: cls(**self.backbone_kwargs, attention='none', insert_positions=[]), height, width,

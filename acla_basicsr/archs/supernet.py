@@ -31,7 +31,6 @@ from collections import OrderedDict
 
 import torch
 from torch import nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 from .cla_network import check_insert_positions
@@ -39,28 +38,6 @@ from .cla_network import check_insert_positions
 # Initial architecture logit: sigmoid(2) = 0.88, every candidate starts open; the MAC penalty must earn
 # each closure against the reconstruction loss.
 POSITION_LOGIT_INIT = 2.0
-
-
-def counted_macs(build, height, width, num_in_ch=3):
-    """MACs of ``build()`` on one (num_in_ch, height, width) input, as torch's flop counter counts them / 2.
-
-    The network is built and run on the meta device (no weights, no arithmetic), the convention of
-    ``scripts/complexity.py`` (SPEC section 2).
-
-    Args:
-        build (callable): Returns the network (an nn.Module) when called under ``torch.device('meta')``.
-        height (int): Input height.
-        width (int): Input width.
-        num_in_ch (int): Input channels. Default: 3.
-
-    Returns:
-        float: MACs.
-    """
-    with torch.device('meta'):
-        net = build().eval()
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(torch.empty(1, num_in_ch, height, width))
-    return counter.get_total_flops() / 2
 
 
 def check_candidates(candidates, num_positions, unit):

@@ -114,7 +114,6 @@ def console_test():
 
 def main(kind, root_path):
     """Entry point of ``acla_basicsr/train.py`` (kind 'train') and ``acla_basicsr/test.py`` ('test')."""
-    import acla_basicsr  # noqa: F401  (registers the project's classes)
     if kind == 'train':
         from basicsr.train import train_pipeline as pipeline
     else:

@@ -33,7 +33,6 @@ def read_options(options):
 
 def build_network(options):
     """Build the network ``network_g`` of ``options`` (see :func:`read_options`) with random weights."""
-    import acla_basicsr  # noqa: F401  (registers the project's networks)
     from basicsr.utils.registry import ARCH_REGISTRY
     arch = dict(read_options(options)['network_g'])
     cls = registered_class(ARCH_REGISTRY, arch.pop('type'), 'network_g.type')
