@@ -9,22 +9,23 @@ Groups (``--groups``):
 - ``full``: the full-size networks of ``options/train/{ACLA,ENLCN,EARN}_SRx2.yml`` against EDSR-large (the GPU
   check, ``scripts/gpu_check.py``, times this group in float32 and bfloat16 autocast).
 
-Each network is trained by the model of its options file (``RestorationModel.optimize_parameters``: forward,
-every loss term of the file (ACLA's MAC penalty, ENLCN's contrastive loss past its warm-up, EARN's L1 + SSIM),
-backward, Adam step, the divergence guard) on random batches of ``--batch`` images of ``--lr-size`` LR pixels
-(x2), the same for every network: batch 16 of 48x48 LR patches by default, the paper's recipe (the demo files'
-own batch and patch sizes are overridden). With ``--data GT.lmdb LQ.lmdb`` the batches are training patches of
-those LMDBs instead (basicsr's ``PairedImageDataset``: random crops, flips and rotations), read before the timing.
-Data loading is not included. EARN's loss reads torchvision's VGG19 weights (no download is attempted); where they
-are absent, ``--random-vgg`` gives its perceptual term randomly initialised ones: the same operations and time. After ``--warmup`` steps, the models
-take ``--repeat`` timed steps each, round-robin, so that the machine's load affects each alike; the median is
-printed with the ratio to the group's backbone. On the CPU the time is the CPU time of this process
-(``time.process_time``, ``--threads`` threads, 1 by default: the machine is shared, see
+Each network is trained by the model of its options file (``RestorationModel.optimize_parameters``: forward, every
+loss term of the file (ACLA's MAC penalty, ENLCN's contrastive loss past its warm-up, EARN's L1 + SSIM), backward,
+Adam step, the divergence guard) on random batches of ``--batch`` images of ``--lr-size`` LR pixels (x2), the same
+for every network: batch 16 of 48x48 LR patches by default, the paper's recipe (the demo files' own batch and patch
+sizes are overridden). With ``--data GT.lmdb LQ.lmdb`` the batches are training patches of those LMDBs instead
+(basicsr's ``PairedImageDataset``: random crops, flips and rotations), read before the timing. Data loading is not
+included. EARN's loss reads torchvision's VGG19 weights (no download is attempted); where they are absent,
+``--random-vgg`` gives its perceptual term randomly initialised ones: the same operations and time. After
+``--warmup`` steps, the models take ``--repeat`` timed steps each, round-robin, so that the machine's load affects
+each alike; the median is printed with the ratio to the group's backbone. On the CPU the time is the CPU time of
+this process (``time.process_time``, ``--threads`` threads, 1 by default: the machine is shared, see
 ``bench_cla_sampling.py``) and the wall time is printed beside it; on CUDA the wall time between two
 ``torch.cuda.synchronize`` calls, and the peak memory of each network is the growth of
-``torch.cuda.max_memory_allocated`` during its step (activations, gradients, workspaces) plus its weights and
-Adam state: what a process training that network alone would hold at its peak. ``--amp`` runs the step under ``torch.autocast`` (bfloat16 by default; float16
-with ``--amp-dtype float16``, without a gradient scaler: a timing, not a recipe).
+``torch.cuda.max_memory_allocated`` during its step (activations, gradients, workspaces) plus its weights and Adam
+state: what a process training that network alone would hold at its peak. ``--amp`` runs the step under
+``torch.autocast`` (bfloat16 by default; float16 with ``--amp-dtype float16``, without a gradient scaler: a timing,
+not a recipe).
 
 Usage: python benchmarks/bench_train_step.py [--groups large demo full] [--batch 16] [--repeat 3] [--device cpu]
        [--amp] [--threads 1] [--data GT.lmdb LQ.lmdb] [--json rows.json] [--random-vgg]

@@ -347,7 +347,8 @@ class Check:
                 final_weights=osp.isfile(osp.join(ROOT, 'experiments', name, 'models', 'net_g_latest.pth')))
             if status == 'ok' and not (resumed and record['data']['final_weights']
                                        and record['data']['last_iter'] == size['total_iter']):
-                record['reason'] = 'the second run did not resume, did not reach total_iter or wrote no net_g_latest.pth'
+                record['reason'] = ('the second run did not resume, did not reach total_iter or wrote no '
+                                    'net_g_latest.pth')
                 status = 'failed'
             return status
         finally:
@@ -567,7 +568,8 @@ def probe_env(path):
                 cuda_available=torch.cuda.is_available())
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(), gpu_memory_gib=round(props.total_memory / 2**30, 1),
+        info.update(gpu=props.name, gpu_count=torch.cuda.device_count(),
+                    gpu_memory_gib=round(props.total_memory / 2**30, 1),
                     capability=f'{props.major}.{props.minor}', multiprocessors=props.multi_processor_count)
         try:
             smi = subprocess.run(['nvidia-smi', '--query-gpu=driver_version', '--format=csv,noheader'],
@@ -680,7 +682,7 @@ def parse_args(argv=None):
     parser.add_argument('--quick', action='store_true', help='tiny sizes and short limits (a CPU rehearsal)')
     parser.add_argument('--out', default=None, help='results folder (default: $OUT, else results/gpu_check)')
     parser.add_argument('--budget', type=float, default=None,
-                        help='seconds for all steps together (default 520: the call is at most nine minutes; '
+                        help='seconds for all steps together (default 500: the call is at most nine minutes; '
                              '--quick: 300)')
     parser.add_argument('--steps', nargs='+', default=STEPS, help=f'a subset of: {" ".join(STEPS)}')
     parser.add_argument('--data', default=DATA, help='folder of the small LMDB (default datasets/gpu_check)')
@@ -702,7 +704,7 @@ def parse_args(argv=None):
     if unknown:
         parser.error(f'--steps: {" ".join(unknown)} unknown; choose among {" ".join(STEPS)}.')
     if args.budget is None:
-        args.budget = 300. if args.quick else 520.
+        args.budget = 300. if args.quick else 500.
     if args.budget < 30:
         parser.error(f'--budget: {args.budget:g} s is too short; give at least 30.')
     args.out = osp.abspath(args.out or os.environ.get('OUT') or osp.join(ROOT, 'results', 'gpu_check'))

@@ -5,10 +5,11 @@ The report starts with the command that produced it, then the machine and versio
 (status, time, its figures as tables) and, for a failed step, the end of its output. A CPU run (``--device cpu``)
 is labelled as such at the top: its figures are a rehearsal of the format, not GPU measurements.
 
-Usage: python scripts/gpu_report.py [OUT or OUT/results.json] [-o docs/gpu.md] [--preamble FILE]
+Usage: python scripts/gpu_report.py [OUT or OUT/results.json] [-o docs/gpu.md]
     (default input: $OUT, else results/gpu_check; default output: stdout)
-``--preamble FILE``: Markdown put before the report (docs/gpu.md's own introduction, kept in
-docs/gpu_preamble.md).
+When the output file exists and holds the line ``<!-- report: scripts/gpu_report.py writes below -->``,
+everything above that line is kept (docs/gpu.md's own introduction) and the report replaces what follows,
+its headings one level down.
 """
 import argparse
 import json
@@ -18,6 +19,7 @@ import re
 import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MARKER = '<!-- report: scripts/gpu_report.py writes below -->'
 
 
 def fmt(value, digits=3):
@@ -152,8 +154,8 @@ def render(results):
     cpu = results.get('device') != 'cuda' or not (results.get('env') or {}).get('cuda_available')
     lines = ['# GPU check report', '']
     if cpu:
-        lines += ['> **CPU run, not GPU figures.** This report comes from `--device cpu`'
-                  f"{' --quick (tiny sizes)' if results.get('quick') else ''}: a rehearsal of every step and of "
+        run = '`--device cpu --quick` (tiny sizes)' if results.get('quick') else '`--device cpu`'
+        lines += [f'> **CPU run, not GPU figures.** This report comes from {run}: a rehearsal of every step and of '
                   'the format; its times and ratios say nothing about a GPU.', '']
     lines += ['Command:', '', f"    {results['command']}", '',
               f"Started {results.get('started')}, finished {results.get('finished', '(did not finish)')}, "
@@ -193,7 +195,6 @@ def main(argv=None):
     parser.add_argument('results', nargs='?', default=None,
                         help='OUT folder of gpu_check.py or its results.json (default: $OUT, else results/gpu_check)')
     parser.add_argument('-o', '--output', help='write the Markdown here (default: stdout)')
-    parser.add_argument('--preamble', help='a Markdown file put before the report')
     args = parser.parse_args(argv)
     path = args.results or os.environ.get('OUT') or osp.join(ROOT, 'results', 'gpu_check')
     if osp.isdir(path):
@@ -210,9 +211,11 @@ def main(argv=None):
         print(f'error: {path} is not a results.json of scripts/gpu_check.py ({type(error).__name__}: {error}).',
               file=sys.stderr)
         return 2
-    if args.preamble:
-        with open(args.preamble) as f:
-            text = f.read().rstrip() + '\n\n' + re.sub(r'(?m)^(#+) ', r'#\1 ', text)  # headings one level down
+    if args.output and osp.isfile(args.output):
+        with open(args.output) as f:
+            kept = f.read()
+        if MARKER in kept:  # the document's introduction stays; the report's headings go one level down
+            text = kept.split(MARKER)[0] + MARKER + '\n\n' + re.sub(r'(?m)^(#+) ', r'#\1 ', text)
     if args.output:
         os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
         with open(args.output + '.partial', 'w') as f:
