@@ -2,7 +2,7 @@
 # (set-up, example data, which the demo-config tests use, then the test suite).
 PYTHON ?= python
 
-.PHONY: install data demo test
+.PHONY: install data demo test test-fast
 install:
 	$(PYTHON) -m pip install -r requirements.txt
 	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
@@ -15,3 +15,6 @@ demo: data
 
 test: data
 	$(PYTHON) -m pytest tests -q
+
+test-fast: data
+	$(PYTHON) -m pytest tests -q -m "not slow"

@@ -27,6 +27,7 @@ Part 2: forward time (eval, no_grad, batch 1, 48x48 LR, x2) of EDSR-large (32 bl
 ACLA at the paper's positions 3, 12, 26, 31, 32 (Table 9) vs the same EDSR without attention.
 
 Usage: python benchmarks/bench_cla_sampling.py [--repeat 5] [--edsr-repeat 3] [--threads 1] [--device cpu]
+       [--size 48]   (--size: the map side of part 1 and the LR side of part 2; the GPU check's CPU rehearsal: 16)
 """
 import argparse
 import gc
@@ -122,9 +123,9 @@ METHODS = {
 REFERENCE = 'deform_conv2d per key'
 
 
-def sampling_inputs(device):
+def sampling_inputs(device, size=48):
     torch.manual_seed(0)
-    b, c, k, h, w = 4, 64, 8, 48, 48
+    b, c, k, h, w = 4, 64, 8, size, size
     values = torch.randn(b, c, h, w, device=device, requires_grad=True)
     offsets = (torch.randn(b, 2 * k, h, w, device=device) * 4).requires_grad_()
     weights = torch.rand(b, k, h, w, device=device).softmax(1).requires_grad_()
@@ -133,20 +134,20 @@ def sampling_inputs(device):
     return (values, offsets, weights), eye, grad_out
 
 
-def memory_probe(name, device):
+def memory_probe(name, device, size=48):
     """Peak memory growth (MiB) of one method, measured in a fresh process on the CPU (see the docstring)."""
     if device.type == 'cuda':
-        inputs, eye, grad_out = sampling_inputs(device)
+        inputs, eye, grad_out = sampling_inputs(device, size)
         return peak_memory_mib(METHODS[name], inputs, eye, grad_out)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='65536')
     out = subprocess.run([sys.executable, os.path.abspath(__file__), '--memory-probe', name, '--threads',
-                          str(torch.get_num_threads())],
+                          str(torch.get_num_threads()), '--size', str(size)],
                          env=env, check=True, capture_output=True, text=True).stdout
     return float(out.strip().splitlines()[-1])
 
 
 def bench_sampling(args, device):
-    inputs, eye, grad_out = sampling_inputs(device)
+    inputs, eye, grad_out = sampling_inputs(device, args.size)
     results = {}
     for name, fn in METHODS.items():
         out = step(fn, inputs, eye, grad_out)
@@ -155,7 +156,7 @@ def bench_sampling(args, device):
     for _ in range(args.repeat):
         for name, fn in METHODS.items():
             times[name].append(timed(lambda: step(fn, inputs, eye, grad_out), device))
-    memory = {name: memory_probe(name, device) for name in METHODS}
+    memory = {name: memory_probe(name, device, args.size) for name in METHODS}
 
     b, c, h, w = grad_out.shape
     print(f'Key sampling, forward + backward, B={b} C={c} K={inputs[2].shape[1]} {h}x{w}, {device.type}, '
@@ -178,7 +179,7 @@ def bench_edsr(args, device):
         'EDSR': ACLAEDSR(attention='none', insert_positions=[]),
         'EDSR+ACLA (3,12,26,31,32)': ACLAEDSR(attention='acla', insert_positions=[3, 12, 26, 31, 32]),
     }
-    x = torch.rand(1, 3, 48, 48, device=device)
+    x = torch.rand(1, 3, args.size, args.size, device=device)
     times = {name: [] for name in nets}
     with torch.no_grad():
         for net in nets.values():
@@ -186,7 +187,7 @@ def bench_edsr(args, device):
         for _ in range(args.edsr_repeat):
             for name, net in nets.items():
                 times[name].append(timed(lambda: net(x), device))
-    print(f'\nForward time, EDSR-large x2, one 48x48 input, eval, {device.type}, median of {args.edsr_repeat} '
+    print(f'\nForward time, EDSR-large x2, one {args.size}x{args.size} input, eval, {device.type}, median of {args.edsr_repeat} '
           'interleaved runs')
     print('| network | time (ms) | wall (ms) |')
     print('|---|---|---|')
@@ -203,12 +204,14 @@ def main():
     parser.add_argument('--edsr-repeat', type=int, default=3, help='timed forward passes of each EDSR')
     parser.add_argument('--device', default='cpu', help="'cpu' or a CUDA device such as 'cuda'")
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1, see the docstring)')
+    parser.add_argument('--size', type=int, default=48,
+                        help='side of the sampled map (part 1) and of the LR input (part 2); the tables: 48')
     parser.add_argument('--memory-probe', choices=list(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if args.memory_probe:  # internal: the fresh process of memory_probe
-        inputs, eye, grad_out = sampling_inputs(device)
+        inputs, eye, grad_out = sampling_inputs(device, args.size)
         print(peak_memory_mib(METHODS[args.memory_probe], inputs, eye, grad_out))
         return
     bench_sampling(args, device)

@@ -117,6 +117,27 @@ def parsed_checked_options(config):
     return opt
 
 
+# ------------------------------------------------------------------ the test device (tests/test_device.py)
+@pytest.fixture(scope='session')
+def device():
+    """The device of the device tests: ``ACLA_TEST_DEVICE`` (``cpu`` by default; ``cuda`` on a GPU machine).
+
+    ``scripts/gpu_check.py`` sets it to ``cuda``. A device that torch cannot use fails the test (a GPU run
+    must not pass by skipping its device).
+    """
+    import torch
+    name = os.environ.get('ACLA_TEST_DEVICE', 'cpu') or 'cpu'
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        pytest.fail(f'ACLA_TEST_DEVICE={name!r} is not a torch device; use cpu or cuda.', pytrace=False)
+    if device.type not in ('cpu', 'cuda'):
+        pytest.fail(f"ACLA_TEST_DEVICE={name!r}: only 'cpu' and 'cuda' are tested.", pytrace=False)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        pytest.fail(f'ACLA_TEST_DEVICE={name!r} but torch sees no CUDA device.', pytrace=False)
+    return device
+
+
 @pytest.fixture
 def one_thread():
     """Torch on one thread for the test (in-process trainings: faster than two threads on a busy machine)."""
