@@ -88,7 +88,7 @@ def random_vgg19_file(root):
 def check_vgg19(opt, root, random_vgg):
     """EARN's perceptual term needs VGG19 weights: without them, random ones with ``random_vgg``, else exit."""
     from acla_basicsr.losses.earn_loss import find_vgg19_weights
-    from acla_basicsr.utils import OptionError
+    from acla_basicsr.errors import OptionError
     pixel_opt = opt['train'].get('pixel_opt') or {}
     if pixel_opt.get('type') != 'EARNLoss' or not pixel_opt.get('perceptual_weight', 0):
         return

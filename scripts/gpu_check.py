@@ -609,7 +609,7 @@ def probe_restore(path, configs, device_name, size, tile, tile_pad):
 
     import acla_basicsr  # noqa: F401  (before basicsr)
     from acla_basicsr import load_network, restore
-    from acla_basicsr.restore_cli import main as restore_main
+    from acla_basicsr.cli.restore import main as restore_main
     from basicsr.archs import build_network
     device = torch.device(device_name)
     cuda = device.type == 'cuda'
