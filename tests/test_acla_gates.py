@@ -227,6 +227,7 @@ def test_exported_config_takes_the_task_recipe(tmp_path, data):
 
 
 # ---------------------------------------------------------------------- the search's lambda
+@pytest.mark.slow
 def test_search_closes_useless_candidates_first(tmp_path, data):
     """Candidates 1 and 3 are made useless as queries (their output forced to the identity; their features remain
     key layers of later candidates): the MAC term closes them, while the useful ones stay open (lambda 0 keeps
@@ -248,6 +249,7 @@ def test_search_closes_useless_candidates_first(tmp_path, data):
 
 
 # ---------------------------------------------------------------------- effective MACs of a checkpoint
+@pytest.mark.slow
 def test_complexity_reports_a_checkpoints_measured_keys_and_effective_macs(tmp_path):
     import subprocess
     import sys

@@ -41,6 +41,7 @@ def assert_clean_failure(result, expected, name):
     assert not osp.exists(osp.join(ROOT, 'results', name))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('key,value,expected', CASES, ids=[c[0] for c in CASES])
 def test_wrong_option_gives_one_line(tmp_path, sr_folders, experiment_name, key, value, expected):
     opt = tiny_sr_options(experiment_name, *sr_folders)
@@ -48,6 +49,7 @@ def test_wrong_option_gives_one_line(tmp_path, sr_folders, experiment_name, key,
     assert_clean_failure(run_entry('train', write_options(opt, tmp_path / 'o.yml')), expected, experiment_name)
 
 
+@pytest.mark.slow
 def test_empty_mismatched_and_wrong_scale_data(tmp_path, experiment_name):
     hr_dir, lr_dir = write_sr_folders(str(tmp_path / 'data'), num=3, size=48, scale=2)
     empty = tmp_path / 'empty'
@@ -70,6 +72,7 @@ def test_empty_mismatched_and_wrong_scale_data(tmp_path, experiment_name):
                          'which is not scale 2; set scale', experiment_name)
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_named(tmp_path, experiment_name):
     hr_dir, lr_dir = write_sr_folders(str(tmp_path / 'data'), num=2)
     with open(osp.join(lr_dir, 'img00.png'), 'wb') as f:
@@ -79,6 +82,7 @@ def test_corrupt_image_is_named(tmp_path, experiment_name):
                          f"cannot read {osp.join(lr_dir, 'img00.png')}", experiment_name)
 
 
+@pytest.mark.slow
 def test_missing_or_invalid_options_file(tmp_path):
     result = run_entry('train', tmp_path / 'missing.yml')
     assert result.returncode == 2 and 'missing.yml does not exist' in result.stderr

@@ -100,6 +100,7 @@ def _sampling_inputs(dtype=torch.float64, scale=3.0, seed=0):
     return [t.requires_grad_() for t in (values, offsets, weights)]
 
 
+@pytest.mark.slow
 def test_fused_sampling_passes_gradcheck():
     """The hand-written backward of method='fused' is the derivative of its forward (float64, finite differences)."""
     inputs = _sampling_inputs()

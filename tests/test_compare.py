@@ -36,6 +36,7 @@ def cmp_folders(stem='cmp_tiny_'):
     return {d for d in os.listdir(folder) if d.startswith(stem)} if osp.isdir(folder) else set()
 
 
+@pytest.mark.slow
 def test_compare_end_to_end(tiny_setup, tmp_path, capsys):
     paths, data_root = tiny_setup
     before = cmp_folders()
@@ -79,6 +80,7 @@ def test_schedule_is_scaled():
     assert len(warnings) == 1 and 'ENLCAContrastiveLoss' in warnings[0]
 
 
+@pytest.mark.slow
 def test_compare_errors(tiny_setup, tmp_path, capsys):
     paths, data_root = tiny_setup
     with pytest.raises(SystemExit) as exit_info:

@@ -85,6 +85,7 @@ def test_degraded_dataset_gt_size(folders):
         check_options(opt)
 
 
+@pytest.mark.slow
 def test_patch_too_large_ends_the_run_before_the_experiment_folder(tmp_path, folders, experiment_name):
     opt = tiny_sr_options(experiment_name, *folders)
     opt['datasets']['train']['gt_size'] = 400

@@ -3,11 +3,13 @@ import os
 import os.path as osp
 
 import torch
+import pytest
 
 from conftest import ROOT, run_torchrun_training, tiny_sr_options, write_options
 from acla_basicsr.cli.launch import normalise_argv
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, sr_folders, experiment_name):
     hr_dir, lr_dir = sr_folders
     opt = tiny_sr_options(experiment_name, hr_dir, lr_dir, total_iter=4)

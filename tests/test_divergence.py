@@ -100,6 +100,7 @@ def test_models_skip_a_bad_step_then_stop(tmp_path, sr_folders, search):
         model.optimize_parameters(4)
 
 
+@pytest.mark.slow
 def test_exploding_learning_rate_stops_the_run_without_a_checkpoint(tmp_path, sr_folders, experiment_name):
     opt = tiny_sr_options(experiment_name, *sr_folders, total_iter=6)
     opt['train']['optim_g']['lr'] = 1e30

@@ -445,6 +445,7 @@ def test_restoration_model_logs_each_term():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.net_g.parameters()))
 
 
+@pytest.mark.slow
 def test_full_network_restores_512_lr_image_within_1_5_gib():
     """options/train/EARN_SRx2.yml's network, one 512x512 LR image untiled, no grad: the whole process peaks
     below 1.5 GiB (VmHWM, a fresh process; about 0.8 GiB of it is import torch/basicsr)."""

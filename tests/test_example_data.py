@@ -10,8 +10,10 @@ from conftest import ROOT
 
 sys.path.insert(0, osp.join(ROOT, 'scripts'))
 import prepare_example_data as prep  # noqa: E402
+import pytest
 
 
+@pytest.mark.slow
 def test_builds_valid_lmdbs_once(tmp_path, capsys):
     root = str(tmp_path / 'example')
     count = prep.prepare(root)

@@ -49,6 +49,7 @@ def test_quick_cpu_run_reports_every_step(tmp_path):
     assert not glob.glob(osp.join(ROOT, 'experiments', 'gpu_check_torchrun_*'))  # the step removes its run
 
 
+@pytest.mark.slow
 def test_a_hung_step_is_killed_and_the_next_runs(tmp_path, monkeypatch):
     """A step past its limit is killed with everything it started, recorded as a timeout, and the check goes on."""
     args = gpu_check.parse_args(['--device', 'cpu', '--quick', '--out', str(tmp_path), '--steps', 'env'])

@@ -185,6 +185,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
 '''
 
 
+@pytest.mark.slow
 def test_sampling_peak_memory_stays_near_the_budget():
     """Fresh process, peak resident memory of one sampling step above what the inputs hold."""
     budget, result = 128, 200 * 200 * 256 * 4 / 2**20  # the (1, 256, 200, 200) output itself: 39 MiB
@@ -265,6 +266,7 @@ def cli_setup(tmp_path):
     return tmp_path, opt_path, net, images
 
 
+@pytest.mark.slow
 def test_restore_cli_restores_folders_skips_unreadable_and_prints_peak(cli_setup):
     tmp_path, opt_path, net, images = cli_setup
     out = tmp_path / 'out'
@@ -358,6 +360,7 @@ def test_restoration_model_rejects_bad_tile_options(val, message):
 # -------------------------------------------------------------------------------------- packaging
 
 
+@pytest.mark.slow
 @pytest.mark.packaging
 def test_wheel_installs_and_acla_restore_runs_from_another_folder(tmp_path):
     """Offline: build a wheel without dependencies or build isolation, install it into a folder, run the

@@ -85,6 +85,7 @@ def test_imports_run_down_the_layers_and_form_no_circle():
     assert 'acla_basicsr.utils' not in modules  # the old catch-all folder is gone
 
 
+@pytest.mark.slow
 def test_importing_the_package_changes_nothing_in_basicsr():
     """Every attribute of every basicsr module is the same object before and after ``import acla_basicsr``
     (only the registries fill up); a run through the launcher puts back what it replaced."""

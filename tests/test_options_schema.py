@@ -127,7 +127,9 @@ def test_training_dataset_phases(opt):
 def test_test_configs_need_no_train_section(opt):
     for key in ('train', 'logger'):
         del opt[key]
-    check_schema(opt, is_train=False)
+    check_schema(opt, is_train=False)  # a test run reads neither
+    with pytest.raises(OptionError, match=r"^options: missing required option '(train|logger)'\.$"):
+        check_schema(opt, is_train=True)
 
 
 def test_allow_unknown_options_switch(opt):
@@ -184,6 +186,7 @@ def test_constructor_types_come_from_annotations_docstrings_and_defaults():
     assert kinds_from_text('nn.Module') == 'any'
 
 
+@pytest.mark.slow
 def test_misspelt_section_ends_the_run_before_anything_is_written(tmp_path, experiment_name):
     opt = tiny_sr_options(experiment_name, str(tmp_path), str(tmp_path))
     opt['netwrok_g'] = opt.pop('network_g')
@@ -193,3 +196,12 @@ def test_misspelt_section_ends_the_run_before_anything_is_written(tmp_path, expe
                                                       "'network_g'?"
     assert 'Traceback' not in result.stderr
     assert not osp.exists(osp.join(ROOT, 'experiments', experiment_name))
+
+
+def test_options_reference_is_generated_from_the_declarations():
+    """docs/options.md is what ``python -m acla_basicsr.config.reference`` prints: it cannot go stale."""
+    from acla_basicsr.config.reference import options_reference
+    text = options_reference()
+    assert '`train.search.lambda` | a number >= 0 | required |' in text
+    with open(osp.join(ROOT, 'docs', 'options.md')) as f:
+        assert f.read() == text, 'docs/options.md is stale: python -m acla_basicsr.config.reference > docs/options.md'

@@ -4,10 +4,12 @@ import os
 import os.path as osp
 
 import torch
+import pytest
 
 from conftest import ROOT, run_entry, tiny_sr_options, write_options
 
 
+@pytest.mark.slow
 def test_train_save_validate_then_resume_from_another_directory(tmp_path, sr_folders, experiment_name):
     hr_dir, lr_dir = sr_folders
     opt = tiny_sr_options(experiment_name, hr_dir, lr_dir, total_iter=4, ema_decay=0.9)
@@ -39,6 +41,7 @@ def test_train_save_validate_then_resume_from_another_directory(tmp_path, sr_fol
     assert not osp.exists(elsewhere / 'experiments')
 
 
+@pytest.mark.slow
 def test_test_pipeline_writes_results(tmp_path, sr_folders, experiment_name):
     hr_dir, lr_dir = sr_folders
     opt = tiny_sr_options(experiment_name, hr_dir, lr_dir, total_iter=2)

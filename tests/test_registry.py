@@ -7,6 +7,7 @@ import sys
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
 import acla_basicsr
+import pytest
 from conftest import ROOT
 
 FOLDERS = {'archs': ('_arch', ARCH_REGISTRY), 'models': ('_model', MODEL_REGISTRY),
@@ -43,6 +44,7 @@ def run_python(code):
     return subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_import_order_and_reimport():
     names = sorted(project_registered(MODEL_REGISTRY)) + sorted(project_registered(ARCH_REGISTRY))
     check = (f'from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY\n'

@@ -9,6 +9,7 @@ import sys
 import time
 
 import torch
+import pytest
 
 from conftest import ROOT, tiny_sr_options, write_options
 from test_search import TINY_EDSR
@@ -77,6 +78,7 @@ def load(name, file):
     return torch.load(osp.join(ROOT, 'experiments', name, file), map_location='cpu', weights_only=False)
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_runs_end_bit_identical(tmp_path, sr_folders, experiment_name):
     hr_dir, lr_dir = sr_folders
     names = {kind: f'{experiment_name}_{kind}' for kind in ('edsr_ref', 'edsr', 'search_ref', 'search')}

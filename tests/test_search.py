@@ -175,6 +175,7 @@ def exported(root):
 pytestmark = pytest.mark.usefixtures('one_thread')  # in-process searches: faster than two threads on a busy machine
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('lam, mode, iters', [(0.0, 'joint', 150), (1000.0, 'joint', 50), (1000.0, 'alternate', 50)])
 def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path, data, lam, mode, iters):
     """150 iterations of SR on smooth images: once the modules are trained (50 warm-up iterations) the
@@ -199,6 +200,7 @@ def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path
 
 
 
+@pytest.mark.slow
 def test_fused_sampling_moves_the_logits_as_the_gather_did(tmp_path, data):
     """Issue 15 made the fused key sampler the default: a short search moves the architecture logits and selects
     the positions it did with the previous sampler (autograd's gather), within float32 rounding."""
@@ -277,6 +279,7 @@ def tiny_search_options(name, hr_dir, lr_dir, total_iter, lam=0.2):
     return opt
 
 
+@pytest.mark.slow
 def test_pipeline_search_exports_a_config_that_trains(tmp_path, sr_folders, experiment_name):
     hr_dir, lr_dir = sr_folders
     opt = tiny_search_options(experiment_name, hr_dir, lr_dir, total_iter=4)
@@ -325,6 +328,7 @@ def test_pipeline_search_exports_a_config_that_trains(tmp_path, sr_folders, expe
             shutil.rmtree(osp.join(ROOT, folder, final_name), ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_search_keeps_logits_identical(tmp_path, sr_folders, experiment_name):
     hr_dir, lr_dir = sr_folders
     opt = tiny_search_options(experiment_name, hr_dir, lr_dir, total_iter=4, lam=1.0)
@@ -388,6 +392,7 @@ def test_search_config_builds_its_supernet(path):
 
 
 # ---------------------------------------------------------------------- benchmark
+@pytest.mark.slow
 def test_bench_search_sampling_bound_replaces_only_the_key_sampling():
     """benchmarks/bench_search.py --sampling-bound: inside ``sampler(free_sampling)`` a CLA module's keys come from
     the stand-in, which passes gradients to every head the real sampler does (so the bound times every other

@@ -137,6 +137,7 @@ def test_publish_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, caps
     assert not osp.exists(tmp_path / 'zoo') or not os.listdir(tmp_path / 'zoo')
 
 
+@pytest.mark.slow
 def test_publish_reads_the_metrics_of_test_logs_of_these_weights(tmp_path, sr_folders, experiment_name, capsys):
     pth, _ = publish(tmp_path, 'EDSR')
     hr_dir, lr_dir = sr_folders
@@ -312,6 +313,7 @@ def test_zoo_total_size_under_10_mb():
     assert sum(osp.getsize(v) for v in glob.glob(osp.join(ZOO, '*'))) < 10 * 2**20
 
 
+@pytest.mark.slow
 def test_zoo_card_psnr_is_reproduced_by_test_py(experiment_name):
     """demo_EDSR_SRx2's card: its Set5 PSNR within 0.01 dB, through test.py with its zoo options."""
     found = [v for v in ZOO_MODELS if osp.basename(v).startswith('demo_EDSR_SRx2-')]

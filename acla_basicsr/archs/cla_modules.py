@@ -18,12 +18,12 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   Nothing of size K*C*H*W is built. Zero padding outside the map; the result equals the public code's
   per-key ``torchvision.ops.deform_conv2d`` with an identity 1x1 kernel on the same offsets (and equally
   ``F.grid_sample`` with ``align_corners=False`` at pixel centres, kept as ``method='grid_sample'``; the
-  gather was 2.5x faster forward + backward on CPU in benchmarks/bench_cla_sampling.py). The default
+  gather is faster forward + backward on CPU, benchmarks/README.md). The default
   (``method='fused'``) reads a table with a zero border instead of masking the corners outside the map and has a
   hand-written backward pass: the values' gradient is one more ``embedding_bag`` over the keys sorted by the row of
   their top-left corner, the offsets' and weights' gradients are closed-form in the 4 corner dot products of every
-  key (about 36x the per-key deform_conv2d forward + backward, against about 18x for ``'gather'``, which keeps
-  autograd's generic backward). Offsets use
+  key (faster than ``'gather'``, which keeps autograd's generic backward; the speed-ups against the per-key
+  deform_conv2d are in benchmarks/README.md). Offsets use
   deform_conv2d's layout: (dy, dx) pairs, key-major. ``max_memory_mb`` covers the channels-last value table
   and the gathered keys: above it key layers, then keys, are processed in chunks, each recomputed in backward
   (activation checkpointing), so memory stays bounded in training. Pixel coordinates stay float32 under
@@ -55,7 +55,7 @@ LOG_FLOOR = 1e-30
 # a gathered (key, corner, pixel) entry: indices, corner weights and their intermediates (autograd's backward);
 _BYTES_PER_GATHER_ENTRY = 100
 # the same entry with the fused sampler's backward (index, weight, sort order, dot products, a corner's sums):
-# measured 21.2 MiB against the gather's 22.8 MiB in benchmarks/bench_cla_sampling.py;
+# measured against the gather's with benchmarks/bench_cla_sampling.py (figures in docs/cla_acla.md);
 _BYTES_PER_FUSED_ENTRY = 93
 # an element of the (B, L, C, H, W, K) tensor of grid_sample: the samples, the einsum copy, gradients;
 _BYTES_PER_SAMPLE = 16
@@ -205,8 +205,8 @@ class _FusedSampling(torch.autograd.Function):
     - values: ``grad_table[r] = sum_{corners e at row r} coef_e g_{p(e)}``: the keys are sorted by the row of
       their top-left corner (one sort of L*K keys per pixel, not of the 4 corners); for each of the 4 corners an
       ``embedding_bag`` over the gradient rows with the keys in that order gives the sum at every top-left row,
-      added into the table at the corner's offset 0, 1, W + 4 or W + 5 (one corner at a time: 27 % less time at
-      L = K = 16 than one ``embedding_bag`` with a (4, rows, C) result). This replaces ``embedding_bag``'s
+      added into the table at the corner's offset 0, 1, W + 4 or W + 5 (one corner at a time: faster than one
+      ``embedding_bag`` with a (4, rows, C) result, docs/cla_acla.md). This replaces ``embedding_bag``'s
       generic dense backward;
     - key weights: ``sum_corner a_corner d_corner``;
     - offsets (the derivatives of the bilinear weights): ``dy: w ((1 - fx)(d10 - d00) + fx (d11 - d01))``,

@@ -148,8 +148,8 @@ def _efficient_attention_no_grad(q, k, v, matrix):
     - one (B, N, m) buffer serves phi(K), then phi(Q) (``torch.mm(..., out=)``): every fresh (N, m) tensor costs
       its page faults on the CPU, about as much as a pass over it;
     - phi(K)^T [V, 1] is written into a (B, m, c_pad) buffer whose width c_out + 1 is rounded up to a multiple
-      of 8 (zero columns): the last product phi(Q) (phi(K)^T [V, 1]) is 25 % faster at width 72 than at 65
-      (measured at N = 10^4, m = 128, one thread);
+      of 8 (zero columns): the last product phi(Q) (phi(K)^T [V, 1]) runs faster at width 72 than at 65
+      (docs/enlca.md, profile);
     - D^-1 is applied in place to the columns of the product.
 
     The result is the same floating-point computation as the autograd path (same order of the shifts, exp and

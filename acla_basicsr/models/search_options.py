@@ -48,7 +48,8 @@ def check_search_options(opt):
     if not isinstance(train.get('search'), dict):
         raise OptionError('train.search: missing; the position search needs at least train.search.lambda '
                           '(weight of the expected added MACs / backbone MACs, e.g. 0.15 as ACLA Table 9).')
-    result = read_section(train['search'], SEARCH_OPTIONS, 'train.search')
+    given = {k: v for k, v in train['search'].items() if k != 'final_config_path'}  # added by an earlier check
+    result = read_section(given, SEARCH_OPTIONS, 'train.search')
     result['anneal_iter'] = int(result['anneal_iter'] or train.get('total_iter') or 1)
     train_set = (opt.get('datasets') or {}).get('train') or {}
     if result['mode'] == 'alternate' and int(train_set.get('batch_size_per_gpu', 0)) < 2:
