@@ -9,7 +9,7 @@ returns the others' figures; a failed step is recorded and the next one runs), a
 2. ``env``: the GPU's name, memory and driver, torch, CUDA and cuDNN versions, the packages' versions;
 3. ``data``: the small x2 LMDB that travels with the call (``--prepare`` makes it here from
    ``../shared/datasets/Set14``; where it is absent it is made from synthetic images);
-4. ``tests``: ``tests/test_device.py`` with ``ACLA_TEST_DEVICE`` set to the device;
+4. ``tests``: ``tests/test_device.py`` (and the device-aware tests it names) with ``ACLA_TEST_DEVICE`` set to the device;
 5. ``train_fp32``, ``train_bf16``: ``benchmarks/bench_train_step.py --groups full`` (EDSR-large, ACLA, ENLCN,
    EARN of ``options/train/*_SRx2.yml``) on patches of the LMDB, float32 and bfloat16 autocast: steps per
    second, peak memory, the ratio to EDSR-large;
@@ -58,6 +58,19 @@ GT_LMDB, LQ_LMDB = 'Set14_HR_sub.lmdb', 'Set14_LR_bicubic_X2_sub.lmdb'
 RESTORE_CONFIGS = ['options/test/ACLA_SRx2.yml', 'options/test/ACLA_RCAN_SRx2.yml', 'options/test/ENLCN_SRx2.yml',
                    'options/test/EARN_SRx2.yml']
 LOG_TAIL = 3000  # characters of each step's output kept in results.json
+
+
+def _load_fileio():
+    """The project's atomic writer, loaded from its file: it imports nothing, and this script runs before the
+    package (and basicsr) is installed on the GPU machine."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('acla_fileio', osp.join(ROOT, 'acla_basicsr', 'fileio.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fileio = _load_fileio()
 
 # Sizes: (GPU, --quick). Time limits in seconds: (GPU, --quick); --budget bounds them all together.
 SIZES = {
@@ -149,10 +162,7 @@ class Check:
         return text
 
     def save(self):
-        path = osp.join(self.out, 'results.json')
-        with open(path + '.partial', 'w') as f:
-            json.dump(self.results, f, indent=1)
-        os.replace(path + '.partial', path)
+        fileio.write_text(osp.join(self.out, 'results.json'), json.dumps(self.results, indent=1))
 
     def limit(self, name):
         return LIMITS[name][1 if self.quick else 0]
@@ -258,7 +268,8 @@ class Check:
 
     def step_tests(self, record, end):
         junit = osp.join(self.tmp, 'junit.xml')
-        status = self.command(record, [sys.executable, '-m', 'pytest', 'tests/test_device.py', '-q', '-rfE',
+        tests = ['tests/test_device.py', 'tests/test_cla_arch.py::test_fused_sampling_keeps_the_acla_gates_straight_through']
+        status = self.command(record, [sys.executable, '-m', 'pytest', *tests, '-q', '-rfE',
                                        '-p', 'no:cacheprovider', f'--junitxml={junit}'], end,
                               self.env(ACLA_TEST_DEVICE=self.args.device))
         record['data'] = junit_summary(junit)

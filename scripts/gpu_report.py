@@ -217,10 +217,9 @@ def main(argv=None):
         if MARKER in kept:  # the document's introduction stays; the report's headings go one level down
             text = kept.split(MARKER)[0] + MARKER + '\n\n' + re.sub(r'(?m)^(#+) ', r'#\1 ', text)
     if args.output:
-        os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
-        with open(args.output + '.partial', 'w') as f:
-            f.write(text)
-        os.replace(args.output + '.partial', args.output)
+        sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+        from acla_basicsr.fileio import write_text
+        write_text(args.output, text)
         print(f'wrote {args.output}')
     else:
         sys.stdout.write(text)

@@ -129,12 +129,13 @@ def test_fused_sampling_equals_autograd_gather_and_deform_conv2d(scale):
                 assert (new - ref).abs().max().item() < tol * max(1, ref.abs().max().item()), reference
 
 
-def test_fused_sampling_keeps_the_acla_gates_straight_through():
-    """ACLA's gates reach the gate logits through the fused backward as through autograd's gather."""
+def test_fused_sampling_keeps_the_acla_gates_straight_through(device):
+    """ACLA's gates reach the gate logits through the fused backward as through autograd's gather (on the
+    device of ``ACLA_TEST_DEVICE``, tests/test_device.py)."""
     torch.manual_seed(0)
-    module = randomise(AdaptiveCrossLayerAttention(6, 2, num_keys=3), std=1.0).double().train()
-    x, layers = torch.randn(2, 6, 5, 5, dtype=torch.float64), [torch.randn(2, 6, 5, 5, dtype=torch.float64)
-                                                               for _ in range(2)]
+    module = randomise(AdaptiveCrossLayerAttention(6, 2, num_keys=3), std=1.0).double().to(device).train()
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, device=device)
+    layers = [torch.randn(2, 6, 5, 5, dtype=torch.float64, device=device) for _ in range(2)]
     grads = {}
     for method in ('fused', 'gather'):
         module.sampling_method = method

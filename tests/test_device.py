@@ -190,23 +190,6 @@ def test_chunked_sampling_on_device_equals_full(method, device):
         assert_near(new, ref, 1e-9, 'chunked')
 
 
-def test_fused_sampling_on_device_keeps_acla_gates_straight_through(device):
-    torch.manual_seed(0)
-    module = randomise(AdaptiveCrossLayerAttention(6, 2, num_keys=3), std=1.0).double().to(device).train()
-    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, device=device)
-    layers = [torch.randn(2, 6, 5, 5, dtype=torch.float64, device=device) for _ in range(2)]
-    grads = {}
-    for method in ('fused', 'gather'):
-        module.sampling_method = method
-        torch.manual_seed(3)  # the same gate noise (drawn on the device's generator)
-        module.zero_grad()
-        module(x, layers).square().sum().backward()
-        grads[method] = {name: p.grad.clone() for name, p in module.named_parameters()}
-    assert grads['fused']['gate.weight'].abs().sum() > 0
-    for name, grad in grads['gather'].items():
-        torch.testing.assert_close(grads['fused'][name], grad, atol=1e-9, rtol=1e-9)
-
-
 # --------------------------------------------------------------------------------------------- ENLCA
 @pytest.mark.parametrize('dtype, tol', [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 def test_enlca_inference_path_on_device_equals_autograd_path(dtype, tol, device, exact_fp32):
