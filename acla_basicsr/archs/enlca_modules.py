@@ -111,7 +111,10 @@ def efficient_attention(q, k, v, matrix):
         q, k, v = q.float(), k.float(), v.float()
     no_grad = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, matrix)))
     if no_grad and not _tracing() and q.shape[-2] == k.shape[-2]:  # the inference path reuses phi(K)'s buffer
-        return _efficient_attention_no_grad(q, k, v, matrix).to(out_dtype)
+        # float32 like the inputs: under autocast its products would come out in half precision, which the
+        # float32 buffers they are written into (``out=``) refuse
+        with torch.autocast(q.device.type, enabled=False):
+            return _efficient_attention_no_grad(q, k, v, matrix).to(out_dtype)
     matrix = matrix.to(q.dtype).t()
     # in-place shifts and exp: the products' outputs are not needed by autograd, exp keeps its result
     phi_q = q @ matrix  # (B, N, m)
