@@ -179,3 +179,17 @@ def test_gate_history_round_trips_and_the_heat_map_shows_it(tmp_path):
         colour = (np.array(colormaps['viridis'](value)[:3]) * 255).round().astype(int)
         assert (np.abs(pixels - colour).max(axis=1) <= 2).sum() > 400, value
     assert osp.getsize(tmp_path / 'heat.png') > 0
+
+
+def test_the_package_imports_without_unix_only_modules():
+    """Windows has no ``resource`` (nor ``fcntl``, ``pwd``, ``grp``): importing the package, its inference and
+    zoo parts, and asking for the peak memory must not need them (ComfyUI and chaiNNer users load from there)."""
+    code = ('import sys\n'
+            "for name in ('resource', 'fcntl', 'pwd', 'grp', 'termios'):\n"
+            '    sys.modules[name] = None  # import raises ImportError, as on Windows\n'
+            'import acla_basicsr, acla_basicsr.inference, acla_basicsr.zoo.published, acla_basicsr.cli.restore\n'
+            'from acla_basicsr.zoo.spandrel_support import register\nregister()\n'
+            'from acla_basicsr.inference import peak_memory_mib\n'
+            "assert 'rss' not in peak_memory_mib('cpu')\n")
+    result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -115,9 +115,10 @@ def main(argv=None):
                     failures += 1
             bar.update(1)
     peak = peak_memory_mib(device)
-    line = f"peak memory: {peak['rss']:.0f} MiB resident"
+    parts = [f"{peak['rss']:.0f} MiB resident"] if 'rss' in peak else []
     if 'cuda' in peak:
-        line += f", {peak['cuda']:.0f} MiB allocated on {device}"
+        parts.append(f"{peak['cuda']:.0f} MiB allocated on {device}")
+    line = 'peak memory: ' + (', '.join(parts) or 'not measured on this platform')
     print(f'restored {len(inputs) - failures} of {len(inputs)} images into {args.output}; {line}', flush=True)
     return 1 if failures else 0
 

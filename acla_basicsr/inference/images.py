@@ -1,6 +1,5 @@
 """Images in and out of a network: channels, dtypes, ``acla_basicsr.restore``, reading and writing files."""
 import os.path as osp
-import resource
 
 import cv2
 import numpy as np
@@ -86,9 +85,16 @@ def peak_memory_mib(device=None):
     """Peak memory of this process so far, MiB: resident set (CPU) and, on CUDA, allocated GPU memory.
 
     Returns:
-        dict: ``{'rss': float}``, plus ``'cuda'`` when ``device`` is a CUDA device.
+        dict: ``{'rss': float}`` where the ``resource`` module exists (not on Windows), plus ``'cuda'`` when
+        ``device`` is a CUDA device.
     """
-    result = {'rss': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB on Linux
+    result = {}
+    try:  # Unix only: on Windows (ComfyUI's and chaiNNer's users) the package must import without it
+        import resource
+    except ImportError:
+        resource = None
+    if resource is not None:
+        result['rss'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     if device is not None and torch.device(device).type == 'cuda':
         result['cuda'] = torch.cuda.max_memory_allocated(device) / 2**20
     return result
