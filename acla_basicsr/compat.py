@@ -21,9 +21,11 @@ of basicsr:
    on CPU: ``RestorationModel.model_to_device`` wraps without ``device_ids`` there.
 
 How to check that importing ``acla_basicsr`` changes nothing else in basicsr: ``tests/test_layout.py``
-compares every attribute of every basicsr module before and after the import, and basicsr's own test suite
-(v1.4.2's ``tests/``, from its source repository) gives the same results run with
-``python -c "import acla_basicsr, pytest; pytest.main(['tests'])"`` and with plain ``pytest tests``.
+compares every attribute of every basicsr module before and after the import (and after a run through the
+launcher). basicsr's own test suite (v1.4.2's ``tests/``, from its source repository) needs the alias to import
+basicsr at all: run it as ``python -c "import sys, torchvision.transforms.functional as F;
+sys.modules['torchvision.transforms.functional_tensor'] = F; import pytest; pytest.main(['tests'])"`` and again
+with ``import acla_basicsr;`` before ``import pytest``; the two must give the same results.
 """
 import contextlib
 import datetime
