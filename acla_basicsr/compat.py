@@ -34,6 +34,7 @@ import sys
 from collections import Counter, defaultdict
 
 from acla_basicsr import fileio
+from acla_basicsr.errors import OptionError
 
 
 def alias_functional_tensor():
@@ -101,13 +102,18 @@ def load_state_file(path):
         return torch.load(path, map_location='cpu', weights_only=True)
 
 
-def load_resume_state(opt):
+def load_resume_state(opt, warn=None):
     """basicsr's ``load_resume_state`` made device- and working-directory-independent.
 
     With ``--auto_resume`` the newest readable state in ``<experiments_root>/training_states``
-    is used; a state that cannot be read (a run killed by an older version while saving) is
-    skipped with a warning. States are loaded onto the CPU; optimizers move them to the
-    parameters' device when they load them.
+    is used; a state that cannot be read (a truncated file, e.g. of a full disk, or of a run killed by an
+    older version while saving) is skipped with a warning. States are loaded onto the CPU; optimizers move
+    them to the parameters' device when they load them.
+
+    Args:
+        opt (dict): The parsed options.
+        warn (Callable[[str], None] | None): Receives the line of each skipped state (the launcher logs it
+            in the run's log once the log exists). Default: print it on stderr.
     """
     from basicsr.utils import check_resume, scandir
 
@@ -124,9 +130,11 @@ def load_resume_state(opt):
             state = load_state_file(path)
         except Exception as error:  # a truncated or foreign file
             if not opt['auto_resume']:
-                raise RuntimeError(f'path.resume_state: cannot read {path} ({error}); '
-                                   'point it at a *.state file written by training.') from error
-            print(f'Skip unreadable training state {path}: {error}', flush=True)
+                raise OptionError(f'path.resume_state: cannot read {path} ({str(error).splitlines()[0]}); '
+                                  'point it at a *.state file written by training.') from None
+            line = (f'skipped the unreadable training state {path} ({str(error).splitlines()[0]}); '
+                    'resuming from the newest readable one')
+            (warn or (lambda text: print(f'warning: {text}', file=sys.stderr, flush=True)))(line)
             continue
         opt['path']['resume_state'] = path
         check_resume(opt, state['iter'])
@@ -136,19 +144,35 @@ def load_resume_state(opt):
 
 @contextlib.contextmanager
 def atomic_saves():
-    """Within the block, ``basicsr.models.base_model`` saves with :func:`acla_basicsr.fileio.torch_save`."""
+    """Within the block, ``basicsr.models.base_model`` saves with :func:`acla_basicsr.fileio.torch_save`.
+
+    basicsr retries a failed save three times, then logs "Just ignore it" and trains on without checkpoints
+    (a full disk goes unnoticed until the run ends): a save that still fails after the block's last attempt
+    raises its :class:`~acla_basicsr.errors.WriteError` when the block ends.
+    """
     import basicsr.models.base_model as base_model
     torch = base_model.torch
+    failure = []
+
+    def save(obj, path, *args, **kwargs):
+        failure.clear()
+        try:
+            fileio.torch_save(obj, path)
+        except OSError as error:
+            failure.append(error)
+            raise
 
     class TorchWithAtomicSave:
         def __getattr__(self, name):
-            return fileio.torch_save if name == 'save' else getattr(torch, name)
+            return save if name == 'save' else getattr(torch, name)
 
     base_model.torch = TorchWithAtomicSave()
     try:
         yield
     finally:
         base_model.torch = torch
+    if failure:
+        raise failure[0]
 
 
 @contextlib.contextmanager

@@ -23,3 +23,7 @@ class LogError(ValueError):
 
 class PrepareError(RuntimeError):
     """A file that data preparation cannot use."""
+
+
+class WriteError(OSError):
+    """A result file that cannot be written (a full disk, no permission): which file, the space, the fix."""

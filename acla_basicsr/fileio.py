@@ -8,11 +8,17 @@ hides a lab's checkpoints from colleagues), and renamed over the target. A reade
 moment, sees the old file or the new one, never a half-written one; a failed write (a full disk, an
 encoder that refuses) leaves the old file and no temporary behind.
 
-A leaf module: it imports nothing of the project.
+A write that fails raises :class:`~acla_basicsr.errors.WriteError`, one line that names the file, the space it
+needed (where known) and the space left on its disk.
+
+A leaf module: it imports nothing of the project but its exceptions.
 """
 import os
 import os.path as osp
+import shutil
 import tempfile
+
+from acla_basicsr.errors import WriteError
 
 
 def _umask():
@@ -21,27 +27,44 @@ def _umask():
     return mask
 
 
-def atomic_write(path, write):
+def _mib(size):
+    return f'{size / 2**20:.1f} MiB'
+
+
+def atomic_write(path, write, size=None):
     """Write ``path`` by calling ``write(tmp_path)`` on a temporary name in its folder, then renaming it.
 
     Args:
         path (str): The target file; its folder is created if missing.
         write (Callable[[str], Any]): Writes the whole content to the path it is given (``torch.save``,
             ``safetensors.torch.save_file``, an ONNX export, ...).
+        size (int | None): About how many bytes the file takes, for the message of a failed write. Default: None.
+
+    Raises:
+        WriteError: the file cannot be written (the old file, if any, is left as it was).
     """
     path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path), suffix='.tmp', dir=folder)
-    os.close(fd)
+    tmp = None
     try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path), suffix='.tmp', dir=folder)
+        os.close(fd)
         write(tmp)
         with open(tmp, 'rb+') as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as error:
+        try:
+            free = f'{_mib(shutil.disk_usage(folder).free)} free on its disk'
+        except OSError:
+            free = 'its folder cannot be read'
+        needed = f'about {_mib(size)} needed, ' if size else ''
+        raise WriteError(f'{path}: cannot write it ({error.strerror or error}); {needed}{free}; free some space or '
+                         'write elsewhere (the previous file, if any, is intact).') from error
     finally:
-        if osp.exists(tmp):
+        if tmp is not None and osp.exists(tmp):
             os.remove(tmp)
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
@@ -69,10 +92,21 @@ def write_text(path, text):
     write_bytes(path, text.encode('utf-8'))
 
 
+def _tensor_bytes(obj):
+    import torch
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
 def torch_save(obj, path):
     """``torch.save(obj, path)``, atomically (checkpoints and training states)."""
     import torch
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: torch.save(obj, tmp), size=_tensor_bytes(obj))
 
 
 def write_image(path, img, params=()):

@@ -36,9 +36,55 @@ def test_train_save_validate_then_resume_from_another_directory(tmp_path, sr_fol
     logs = sorted(glob.glob(osp.join(exp, 'train_*.log')), key=os.path.getmtime)
     log = open(logs[-1]).read()
     assert 'Resuming training from epoch: 1, iter: 4.' in log, log[-2000:]
+    assert 'WARNING: skipped the unreadable training state' in log and '6.state' in log  # said in the run's log
     assert 'with param key: [params_ema]' in log  # the EMA network is restored, not re-initialised
     assert osp.isfile(osp.join(exp, 'models', 'net_g_6.pth'))
     assert not osp.exists(elsewhere / 'experiments')
+
+
+_FULL_DISK = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+import acla_basicsr.fileio as fileio
+write = fileio.atomic_write
+
+def full_disk(path, *args, **kwargs):  # the disk fills up when the checkpoint of iteration 4 is written
+    if str(path).endswith('net_g_4.pth'):
+        def fill(tmp):
+            with open(tmp, 'wb') as f:
+                f.write(b'half')
+            raise OSError(28, 'No space left on device')
+        return write(path, fill, *args[1:], **kwargs)
+    return write(path, *args, **kwargs)
+
+fileio.atomic_write = full_disk
+sys.argv = ['train.py', '-opt', sys.argv[2]]
+from acla_basicsr.cli.launch import main
+main('train', sys.path[0])
+'''
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_cannot_be_written_ends_the_run_and_keeps_the_previous_one(tmp_path, sr_folders,
+                                                                                      experiment_name):
+    """basicsr retries a failed save, then logs "Just ignore it" and trains on without checkpoints; here the
+    run ends with one line naming the file and the space, and the checkpoint and state before are intact."""
+    import subprocess
+    import sys
+    hr_dir, lr_dir = sr_folders
+    opt = tiny_sr_options(experiment_name, hr_dir, lr_dir, total_iter=6)
+    run = subprocess.run([sys.executable, '-c', _FULL_DISK, ROOT, write_options(opt, tmp_path / 'train.yml')],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    lines = [v for v in run.stderr.splitlines() if v.startswith('error: ')]
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-3000:]
+    assert 'net_g_4.pth: cannot write it (No space left on device); about ' in lines[0]
+    assert 'free on its disk' in lines[0] and 'resume it with --auto_resume' in lines[0]
+    exp = osp.join(ROOT, 'experiments', experiment_name)
+    assert sorted(os.listdir(osp.join(exp, 'models'))) == ['net_g_2.pth']  # nothing half-written, no temporary
+    assert sorted(os.listdir(osp.join(exp, 'training_states'))) == ['2.state']
+    assert torch.load(osp.join(exp, 'training_states', '2.state'), map_location='cpu', weights_only=False)['iter'] == 2
+    assert 'params' in torch.load(osp.join(exp, 'models', 'net_g_2.pth'), map_location='cpu', weights_only=True)
 
 
 @pytest.mark.slow

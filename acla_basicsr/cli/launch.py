@@ -17,7 +17,7 @@ from acla_basicsr.config.checks import check_options
 from acla_basicsr.config.files import project_root, read_options_file, resolve_relative_paths
 from acla_basicsr.config.schema import check_schema
 from acla_basicsr.data.sampler import ResumableSampler
-from acla_basicsr.errors import DivergenceError, OptionError
+from acla_basicsr.errors import DivergenceError, OptionError, WriteError
 
 
 def normalise_argv(argv):
@@ -44,11 +44,17 @@ def _resumable_training(pipeline, run):
     The state that the run resumes from is handed to the sampler, which skips the batches of the resumed
     epoch that were already used and restores the saved random states (:mod:`acla_basicsr.data.sampler`).
     """
+    skipped = []
+
     def load_and_remember(opt):
-        run['resume_state'] = compat.load_resume_state(opt)
+        run['resume_state'] = compat.load_resume_state(opt, warn=skipped.append)
         return run['resume_state']
 
     def make_sampler(dataset, num_replicas, rank, ratio=1):
+        # the first call after basicsr has set up the run's log file: the skipped states go there
+        from basicsr.utils import get_root_logger
+        while skipped:
+            get_root_logger().warning(skipped.pop(0))
         opt = run['opt']
         batch_size = opt['datasets']['train']['batch_size_per_gpu']
         if not opt['dist'] and opt['num_gpu'] > 1:  # basicsr's build_dataloader: one batch over every GPU
@@ -99,6 +105,10 @@ def run_pipeline(pipeline, root_path):
             pipeline(root_path)
     except (OptionError, DivergenceError) as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
+        sys.exit(2)
+    except WriteError as error:  # a checkpoint or state that cannot be written: the earlier ones are intact
+        hint = ' The run stopped there; resume it with --auto_resume.' if 'EnlargedSampler' in replacements else ''
+        print(f'error: {error}{hint}', file=sys.stderr, flush=True)
         sys.exit(2)
 
 
