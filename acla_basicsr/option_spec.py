@@ -104,6 +104,9 @@ class Option:
                     r'[-+]?\d*\.?\d+[eE][-+]?\d+', value):
                 hint = (f'; YAML reads {value} as a string, write !!float {value} or a number with a dot '
                         f'({float(value)!r})')
+            elif self.kinds & {'int', 'float'} and isinstance(value, str) and re.fullmatch(r'[-+]\d*\.?\d+', value):
+                hint = (f"; that is the string {value!r}: basicsr's --force_yml reads signed numbers as strings, "
+                        f'write !!float{value} there')
             raise OptionError(f'{where}: expected {self.expected()}, got {value!r}{hint}.')
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if number and (self.low is not None or self.high is not None):

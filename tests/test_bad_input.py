@@ -29,6 +29,8 @@ CASES = [
      'train.pixel_opt.vgg_weights_path: /nonexistent/vgg19.pth'),
     ('val.reference', 'lanczos', "val.reference: unknown baseline 'lanczos'"),
     ('path.pretrain_network_g', '/nonexistent/net.pth', 'path.pretrain_network_g: /nonexistent/net.pth does not exist'),
+    ('num_gpu', 2, 'num_gpu: 2, but this machine has 0 CUDA device(s); use num_gpu: 0 (CPU).'),
+    ('train.optim_g.lr', -1, 'train.optim_g: torch refuses it (Invalid learning rate: -1); fix that value.'),
 ]
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from acla_basicsr.errors import OptionError
-from acla_basicsr.zoo.detect import network_options
+from acla_basicsr.inference.detect import network_options
 from acla_basicsr.inference import build_network, load_network
 from acla_basicsr.zoo.card import parse_test_log, read_front_matter
 from acla_basicsr.zoo.onnx_export import check_onnx, export_mode, export_onnx

@@ -21,6 +21,42 @@ from acla_basicsr.data.checks import check_dataset
 from acla_basicsr.errors import OptionError
 
 
+def _check_devices(opt):
+    """``num_gpu`` within the GPUs this machine has (basicsr fails deep inside torch otherwise)."""
+    import torch
+    num_gpu = opt.get('num_gpu')
+    available = torch.cuda.device_count()
+    if isinstance(num_gpu, int) and num_gpu > available and not opt.get('dist'):
+        raise OptionError(f'num_gpu: {num_gpu}, but this machine has {available} CUDA device(s); use num_gpu: '
+                          f"{'auto' if available else 0}{' (CPU)' if not available else ''}.")
+
+
+def _check_optimizers(train):
+    """Build every ``train.optim_*`` and the scheduler on a stand-in parameter, so that a value torch refuses
+    (``lr: -1``, ``betas: [0.9, 1.5]``, ``gamma: -1``) ends here with one line, not mid-setup with a traceback."""
+    import torch
+    from basicsr.models import lr_scheduler
+    param = torch.zeros(1, requires_grad=True)
+    optimizer = None
+    for key, value in train.items():
+        if key.startswith('optim_') and isinstance(value, dict) and isinstance(value.get('type'), str):
+            kwargs = {k: v for k, v in value.items() if k != 'type'}
+            try:
+                built = getattr(torch.optim, value['type'])([param], **kwargs)
+            except (TypeError, ValueError) as error:
+                raise OptionError(f'train.{key}: torch refuses it ({error}); fix that value.') from None
+            optimizer = optimizer or built
+    scheduler = train.get('scheduler')
+    if optimizer is not None and isinstance(scheduler, dict) and scheduler.get('type'):
+        classes = {'MultiStepLR': lr_scheduler.MultiStepRestartLR, 'MultiStepRestartLR': lr_scheduler.MultiStepRestartLR,
+                   'CosineAnnealingRestartLR': lr_scheduler.CosineAnnealingRestartLR}
+        kwargs = {k: v for k, v in scheduler.items() if k != 'type'}
+        try:
+            classes[scheduler['type']](optimizer, **kwargs)
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as error:
+            raise OptionError(f'train.scheduler: basicsr refuses it ({error}); fix that value.') from None
+
+
 def check_options(opt):
     """Check the keys and their types (:mod:`acla_basicsr.config.schema`), the registered types, data
     paths and sizes of a parsed basicsr options dict.
@@ -34,6 +70,7 @@ def check_options(opt):
     # unknown and mistyped keys first (acla_basicsr/config/schema.py); the launcher checked the required
     # ones in the file before basicsr parsed it
     check_schema(opt, required=False)
+    _check_devices(opt)
     registered_class(MODEL_REGISTRY, opt.get('model_type'), 'model_type')
     scale = opt.get('scale', 1)
     if not isinstance(scale, int) or scale < 1:
@@ -51,6 +88,7 @@ def check_options(opt):
     if hasattr(model_cls, 'check_options'):
         model_cls.check_options(opt)
     if opt.get('is_train'):
+        _check_optimizers(opt.get('train') or {})
         for key, value in opt.get('train', {}).items():
             if key.endswith('_opt') and isinstance(value, dict) and 'type' in value:
                 loss_cls = registered_class(LOSS_REGISTRY, value['type'], f'train.{key}.type')

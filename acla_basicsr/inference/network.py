@@ -7,7 +7,8 @@ import torch
 
 from acla_basicsr.config.files import project_root, read_options_file
 from acla_basicsr.option_spec import registered_class
-from acla_basicsr.errors import OptionError
+from acla_basicsr.errors import DetectionError, OptionError
+from .detect import detect_family, network_options
 
 
 def read_options(options):
@@ -42,7 +43,7 @@ def build_network(options):
         raise OptionError(f'network_g: {error}') from None
 
 
-def load_state_dict(checkpoint, param_key=None, return_key=False):
+def load_state_dict(checkpoint, param_key=None, return_key=False, option='--model'):
     """The parameters stored in ``checkpoint``: ``param_key``, else ``params_ema``, else ``params``.
 
     A file that holds a plain state dict (no such key) is used as it is; a ``module.`` prefix (DDP) is
@@ -54,20 +55,21 @@ def load_state_dict(checkpoint, param_key=None, return_key=False):
         param_key (str | None): Key of the parameters; None: params_ema, else params, else the whole file.
             Default: None.
         return_key (bool): Also return the key used (None for a plain state dict). Default: False.
+        option (str): The option or argument that named the file, for the messages. Default: '--model'.
 
     Returns:
         dict | tuple[dict, str | None]: The parameters (and the key).
     """
     if not osp.isfile(checkpoint):
-        raise OptionError(f'--model: {checkpoint} does not exist; give a .pth file written by training '
+        raise OptionError(f'{option}: {checkpoint} does not exist; give a .pth file written by training '
                           '(experiments/<name>/models/net_g_*.pth).')
     try:
         state = torch.load(checkpoint, map_location='cpu', weights_only=True)
     except Exception as error:  # truncated, not a torch file, or foreign objects
-        raise OptionError(f'--model: cannot read {checkpoint} ({str(error).splitlines()[0]}); '
+        raise OptionError(f'{option}: cannot read {checkpoint} ({str(error).splitlines()[0]}); '
                           'give a .pth file written by training.') from None
     if not isinstance(state, dict):
-        raise OptionError(f'--model: {checkpoint} holds no state dict; give a .pth file written by training.')
+        raise OptionError(f'{option}: {checkpoint} holds no state dict; give a .pth file written by training.')
     key = param_key
     if param_key is not None:
         if param_key not in state:
@@ -87,6 +89,37 @@ def _resolve(path):
     if path and not osp.isabs(path) and not osp.exists(path) and osp.exists(osp.join(project_root(), path)):
         return osp.join(project_root(), path)
     return path
+
+
+def load_weights(net, network_type, checkpoint, param_key=None, strict=True, option='--model'):
+    """Load the parameters of ``checkpoint`` into ``net``; one line naming ``option`` when they do not fit.
+
+    Args:
+        net (nn.Module): The built network.
+        network_type (str): Its registered type, for the message.
+        checkpoint (str): The .pth file.
+        param_key (str | None): See :func:`load_state_dict`. Default: None.
+        strict (bool): Require every parameter to match. Default: True.
+        option (str): The option or argument that named the file, for the messages. Default: '--model'.
+    """
+    state = load_state_dict(os.fspath(checkpoint), param_key, option=option)
+    try:
+        result = net.load_state_dict(state, strict=bool(strict))
+    except RuntimeError as error:
+        theirs, ours = detect_family(state), detect_family(net.state_dict())
+        if theirs != ours:  # another network altogether: name both families, not dozens of keys
+            held = f'a {theirs}-family network' if theirs else 'a network of no family this project knows'
+            raise OptionError(f'{option}: {checkpoint} holds the weights of {held}, not of network_g ({network_type}, '
+                              f'{ours or "unknown"} family); give the checkpoint of this network, or the options it '
+                              'was trained with.') from None
+        first = [line.strip() for line in str(error).splitlines() if line.strip()][1:2]
+        detail = first[0] if first else str(error)
+        raise OptionError(f'{option}: {checkpoint} does not fit network_g ({network_type}): '
+                          f"{detail[:200] + ('...' if len(detail) > 200 else '')}; give the checkpoint of this "
+                          'network, or the options it was trained with.') from None
+    if not strict and len(result.missing_keys) == len(net.state_dict()):
+        raise OptionError(f'{option}: no parameter of {checkpoint} fits network_g ({network_type}); give the '
+                          'checkpoint of this network, or the options the checkpoint was trained with.')
 
 
 def load_network(options, checkpoint=None, param_key=None, strict=None, device=None):
@@ -125,18 +158,8 @@ def load_network(options, checkpoint=None, param_key=None, strict=None, device=N
                               'file of the trained network.')
         checkpoint = _resolve(checkpoint)
     net = build_network(opt)
-    state = load_state_dict(os.fspath(checkpoint), param_key)
     strict = path_opt.get('strict_load_g', True) if strict is None else strict
-    try:
-        result = net.load_state_dict(state, strict=bool(strict))
-    except RuntimeError as error:
-        first = [line.strip() for line in str(error).splitlines() if line.strip()][1:2]
-        raise OptionError(f"--model: {checkpoint} does not fit network_g ({opt['network_g']['type']}): "
-                          f"{first[0] if first else error}; give the options the checkpoint was trained with."
-                          ) from None
-    if not strict and len(result.missing_keys) == len(net.state_dict()):
-        raise OptionError(f'--model: no parameter of {checkpoint} fits network_g; give the options the '
-                          'checkpoint was trained with.')
+    load_weights(net, opt['network_g']['type'], checkpoint, param_key, strict)
     if device is None:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     return net.to(device).eval()
@@ -148,3 +171,22 @@ def input_channels(net):
         if isinstance(module, torch.nn.Conv2d):
             return module.in_channels
     raise ValueError(f'{type(net).__name__} has no Conv2d; cannot tell how many input channels it reads.')
+
+
+def build_detected(state_dict, use_metadata=True):
+    """``(network, network_g)``: the network of :func:`network_options`, if its parameter names are exactly the keys.
+
+    Raises:
+        DetectionError: Not one of the families, or a network whose parameter names differ from the keys
+            (then it is another architecture with a similar layout).
+    """
+    options = network_options(state_dict, use_metadata)
+    try:
+        net = build_network(dict(options))
+    except (ValueError, TypeError) as error:
+        raise DetectionError(f'{options["type"]} cannot be built from the detected options: {error}') from None
+    names = set(net.state_dict())
+    if names != set(state_dict):
+        extra, missing = sorted(set(state_dict) - names)[:2], sorted(names - set(state_dict))[:2]
+        raise DetectionError(f'{options["type"]}-like, but the keys differ (unexpected {extra}, missing {missing}).')
+    return net, options

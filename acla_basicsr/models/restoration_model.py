@@ -17,6 +17,7 @@ from acla_basicsr.data.degradations import DEMOSAIC_REFERENCES
 from acla_basicsr.data.sampler import capture_rng_state, restore_rng_state, rng_state_for_save
 from acla_basicsr.errors import OptionError
 from acla_basicsr.inference import DEFAULT_TILE_PAD, run_network
+from acla_basicsr.inference.network import load_weights
 from acla_basicsr.inference.tiles import TILE_PAD, TILE_SIZE
 from acla_basicsr.option_spec import Option, read_section
 from .divergence import DIVERGENCE_OPTIONS, DivergenceGuard
@@ -96,6 +97,7 @@ class RestorationModel(SRModel):
         if reference is not None and reference not in cls.reference_functions:
             raise OptionError(f"val.reference: unknown baseline '{reference}'; use one of "
                               f"{', '.join(sorted(cls.reference_functions))} or ~.")
+        cls.check_pretrained(opt)
         val_keys = RestorationModel.extra_option_keys['val']
         read_section({k: v for k, v in (opt.get('val') or {}).items() if k in val_keys}, val_keys, 'val')
         if opt.get('is_train'):
@@ -106,6 +108,22 @@ class RestorationModel(SRModel):
                 if net_type in ARCH_REGISTRY and not hasattr(ARCH_REGISTRY.get(net_type), 'expected_attention_macs'):
                     raise OptionError(f'train.macs_penalty: network_g.type {net_type} has no expected_attention_macs '
                                       '(ACLAEDSR, ACLARCAN and the supernets have); remove train.macs_penalty.')
+
+    @staticmethod
+    def check_pretrained(opt):
+        """``path.pretrain_network_g`` holds weights of ``network_g`` (basicsr fails in the model's constructor
+        with a RuntimeError listing every missing key otherwise)."""
+        path_opt = opt.get('path') or {}
+        checkpoint, net_opt = path_opt.get('pretrain_network_g'), dict(opt.get('network_g') or {})
+        if not isinstance(checkpoint, str) or not osp.isfile(checkpoint) or net_opt.get('type') not in ARCH_REGISTRY:
+            return  # a missing file or an unknown type gets its own line from check_options
+        net_type = net_opt.pop('type')
+        try:
+            net = ARCH_REGISTRY.get(net_type)(**net_opt)
+        except (TypeError, ValueError):
+            return  # check_options names the wrong argument
+        load_weights(net, net_type, checkpoint, path_opt.get('param_key_g', 'params'),
+                     path_opt.get('strict_load_g', True), option='path.pretrain_network_g')
 
     def init_training_settings(self):
         super().init_training_settings()

@@ -8,7 +8,7 @@ the parameter key in its string metadata), and the model card ``<name>-<sha8>.md
 (:mod:`acla_basicsr.zoo.card`).
 
 The ``network_g`` options are also stored in the state dict's ``_metadata`` under
-:data:`~acla_basicsr.zoo.detect.METADATA_KEY`: torch keeps that attribute through ``torch.save`` and
+:data:`~acla_basicsr.inference.detect.METADATA_KEY`: torch keeps that attribute through ``torch.save`` and
 ``torch.load`` (``weights_only`` too) and ``load_state_dict`` ignores keys that are not module paths, so the
 file loads strictly into the network with basicsr's ``load_network`` and needs no options file with
 :func:`load_zoo_model` or spandrel.
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 import torch
 
 from acla_basicsr import fileio
-from acla_basicsr.zoo.detect import METADATA_KEY, network_options
+from acla_basicsr.inference.detect import METADATA_KEY, network_options
 from acla_basicsr.errors import OptionError
 
 #: ``<name>-<8 hex digits>.pth``: the zoo's file names.
@@ -138,7 +138,7 @@ def load_zoo_model(url_or_path, network_g=None, model_dir=None, check_hash=True,
         url_or_path (str): A URL or a local ``<name>-<sha8>.pth`` / ``.safetensors``.
         network_g (dict | str | None): The network options (a ``network_g`` dict, an options file or dict);
             None: those stored in the file, else detected from its tensors
-            (:func:`~acla_basicsr.zoo.detect.network_options`). Default: None.
+            (:func:`~acla_basicsr.inference.detect.network_options`). Default: None.
         model_dir (str | None): Download folder. Default: None.
         check_hash (bool): Check the sha256 against the name's suffix. Default: True.
         device (str | torch.device): Where to put the network. Default: 'cpu'.

@@ -10,7 +10,7 @@ builds the network. :func:`register` adds basicsr's ``EDSR`` and this project's 
     model = spandrel.ModelLoader().load_from_file('model_zoo/demo_ACLA_SRx2-<sha8>.pth')
     sr = model(lr_tensor)  # (1, C, H, W) in [0, 1] -> (1, C, sH, sW)
 
-Detection (:mod:`acla_basicsr.zoo.detect`): channels, widths, depths, scale, attention type, keys
+Detection (:mod:`acla_basicsr.inference.detect`): channels, widths, depths, scale, attention type, keys
 per key layer, ENLCN's module positions, EARN's window and ablations come from the tensors; the arguments
 that no tensor holds (ACLA's insert positions, ``res_scale``, ``img_range``, ...) from the ``network_g`` that
 ``scripts/publish_model.py`` stores in the state dict's metadata (``.pth`` files), else from documented
@@ -19,7 +19,9 @@ so these entries are tried before spandrel's own without taking their models.
 """
 from spandrel import ArchSupport, Architecture, ImageModelDescriptor, MAIN_REGISTRY
 
-from acla_basicsr.zoo.detect import DetectionError, build_detected, detect_family
+from acla_basicsr.errors import DetectionError
+from acla_basicsr.inference.detect import detect_family
+from acla_basicsr.inference.network import build_detected
 
 #: The spandrel architecture ids added by :func:`register`: the basicsr ``type`` of each network.
 ARCH_TYPES = ('EDSR', 'ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN')

@@ -213,23 +213,3 @@ def network_options(state_dict, use_metadata=True):
 
 def _normal(value):
     return list(value) if isinstance(value, tuple) else value
-
-
-def build_detected(state_dict, use_metadata=True):
-    """``(network, network_g)``: the network of :func:`network_options`, if its parameter names are exactly the keys.
-
-    Raises:
-        DetectionError: Not one of the families, or a network whose parameter names differ from the keys
-            (then it is another architecture with a similar layout).
-    """
-    from acla_basicsr.inference import build_network
-    options = network_options(state_dict, use_metadata)
-    try:
-        net = build_network(dict(options))
-    except (ValueError, TypeError) as error:
-        raise DetectionError(f'{options["type"]} cannot be built from the detected options: {error}') from None
-    names = set(net.state_dict())
-    if names != set(state_dict):
-        extra, missing = sorted(set(state_dict) - names)[:2], sorted(names - set(state_dict))[:2]
-        raise DetectionError(f'{options["type"]}-like, but the keys differ (unexpected {extra}, missing {missing}).')
-    return net, options
