@@ -27,3 +27,20 @@ class PrepareError(RuntimeError):
 
 class WriteError(OSError):
     """A result file that cannot be written (a full disk, no permission): which file, the space, the fix."""
+
+
+class DataError(RuntimeError):
+    """An image that a run cannot read or decode mid-run: the dataset option, the image, its file, the fix.
+
+    Raised in a data loader worker process, it reaches the main process through torch's re-raise
+    (``torch._utils.ExceptionWrapper``), which builds the same type from one string: the worker's traceback
+    ending in ``DataError: <message>``. ``str()`` gives back the one-line message in both cases.
+    """
+
+    def __str__(self):
+        text = super().__str__()
+        marker = f'{type(self).__name__}: '
+        lines = text.rstrip().splitlines()
+        if len(lines) > 1 and marker in lines[-1]:  # re-raised from a worker process
+            return lines[-1].split(marker, 1)[1]
+        return text

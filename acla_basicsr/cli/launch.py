@@ -7,7 +7,9 @@ For the duration of one run (:func:`acla_basicsr.compat.replaced_globals`), ``tr
   option ends with one line and exit status 2 before anything is written;
 - ``init_dist`` that trains on CPUs too (:func:`acla_basicsr.compat.init_dist`, with the options'
   ``dist_params``);
-- ``load_resume_state`` and ``EnlargedSampler`` that resume exactly (:mod:`acla_basicsr.data.sampler`).
+- ``load_resume_state`` and ``EnlargedSampler`` that resume exactly (:mod:`acla_basicsr.data.sampler`);
+- ``build_dataset`` whose datasets name an image that cannot be decoded mid-run in one line, or skip it with
+  ``skip_bad_images`` (:mod:`acla_basicsr.data.bad_images`).
 """
 import re
 import sys
@@ -16,8 +18,9 @@ from acla_basicsr import compat
 from acla_basicsr.config.checks import check_options
 from acla_basicsr.config.files import project_root, read_options_file, resolve_relative_paths
 from acla_basicsr.config.schema import check_schema
+from acla_basicsr.data.bad_images import checked_build_dataset
 from acla_basicsr.data.sampler import ResumableSampler
-from acla_basicsr.errors import DivergenceError, OptionError, WriteError
+from acla_basicsr.errors import DataError, DivergenceError, OptionError, WriteError
 
 
 def normalise_argv(argv):
@@ -70,8 +73,9 @@ def run_pipeline(pipeline, root_path):
 
     The options are checked right after basicsr parses them (:func:`check_options`); a wrong
     option ends the run with one line on stderr and exit status 2, before anything is written.
-    A training run that diverges ends the same way (:class:`~acla_basicsr.errors.DivergenceError`),
-    and a resumed training continues exactly as an uninterrupted one (:mod:`acla_basicsr.data.sampler`).
+    A training run that diverges ends the same way (:class:`~acla_basicsr.errors.DivergenceError`), and so
+    does an image that cannot be decoded mid-run (:class:`~acla_basicsr.errors.DataError`); a resumed
+    training continues exactly as an uninterrupted one (:mod:`acla_basicsr.data.sampler`).
     """
     sys.argv = normalise_argv(sys.argv)
     parse_options = pipeline.__globals__['parse_options']
@@ -95,6 +99,9 @@ def run_pipeline(pipeline, root_path):
     replacements = {'parse_options': parse_and_check}
     if 'EnlargedSampler' in pipeline.__globals__:  # the training pipeline
         replacements.update(_resumable_training(pipeline, run))
+    if 'build_dataset' in pipeline.__globals__:
+        replacements['build_dataset'] = checked_build_dataset(pipeline.__globals__['build_dataset'],
+                                                              lambda: run['opt'].get('datasets'))
 
     def init_dist(launcher, **kwargs):
         compat.init_dist(launcher, **{**_dist_params_from_argv(sys.argv[1:]), **kwargs})
@@ -106,7 +113,8 @@ def run_pipeline(pipeline, root_path):
     except (OptionError, DivergenceError) as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
         sys.exit(2)
-    except WriteError as error:  # a checkpoint or state that cannot be written: the earlier ones are intact
+    except (WriteError, DataError) as error:  # a file that cannot be written or an image that cannot be read:
+        # the checkpoints and states written before are intact
         hint = ' The run stopped there; resume it with --auto_resume.' if 'EnlargedSampler' in replacements else ''
         print(f'error: {error}{hint}', file=sys.stderr, flush=True)
         sys.exit(2)

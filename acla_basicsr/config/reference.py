@@ -6,7 +6,7 @@ adds to basicsr's are listed (basicsr's own are in its ``options/`` examples).
 """
 from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
-from acla_basicsr.option_spec import as_option
+from acla_basicsr.option_spec import Option, as_option
 
 #: (registry, registered name, what it is) of every class whose ``extra_option_keys`` are listed.
 DECLARING = ((MODEL_REGISTRY, 'RestorationModel', 'model of every network of this project'),
@@ -36,6 +36,10 @@ def options_reference():
              'Generated from the declarations in the code (`python -m acla_basicsr.config.reference > docs/options.md`);',
              'the options schema checks every options file against them before anything is written (one line, exit',
              'status 2, for an unknown key, a missing required one, a wrong type or a number out of range).', '']
+    from acla_basicsr.config.schema import DATASET_COMMON_KEYS
+    lines += ['## Every dataset (any `type`)', '', '| option | takes | default | meaning |', '|---|---|---|---|']
+    lines += list(_rows({k: v for k, v in DATASET_COMMON_KEYS.items() if isinstance(v, Option)}, 'datasets.<phase>'))
+    lines.append('')
     for registry, name, what in DECLARING:
         cls = registry.get(name)
         lines += [f'## `{name}` ({what})', '', '| option | takes | default | meaning |', '|---|---|---|---|']

@@ -36,7 +36,7 @@ import inspect
 import re
 import sys
 
-from acla_basicsr.option_spec import check_value, registered_class, unknown_option
+from acla_basicsr.option_spec import Option, check_value, registered_class, unknown_option
 from acla_basicsr.errors import OptionError
 
 # ---------------------------------------------------------------------------------------------- known keys
@@ -58,6 +58,10 @@ DATASET_COMMON_KEYS = {
     # data loader (basicsr/data/__init__.py build_dataloader, train.py)
     'batch_size_per_gpu': 'int', 'num_worker_per_gpu': 'int', 'use_shuffle': 'bool', 'dataset_enlarge_ratio': 'int',
     'prefetch_mode': 'cpu|cuda', 'num_prefetch_queue': 'int', 'pin_memory': 'bool', 'persistent_workers': 'bool',
+    # this package (acla_basicsr/data/bad_images.py), for every dataset type
+    'skip_bad_images': Option('bool', False, 'Training sets only: an image that cannot be read or decoded mid-run '
+                              'is skipped (the next sample instead) with a warning in the log, instead of ending the '
+                              'run with one line naming it.'),
 }
 
 KNOWN_KEYS = {

@@ -126,6 +126,9 @@ def check_dataset(dataset_opt, phase, scale, world_size=1):
                               '(example data) or point it at your data (see datasets/README.md).')
         if key == 'meta_info_file' and value is not None and not osp.isfile(value):
             raise OptionError(f'{where}.meta_info_file: {value} does not exist; give the meta_info.txt of the data.')
+    if dataset_opt.get('skip_bad_images') and dataset_opt.get('phase') != 'train':
+        raise OptionError(f'{where}.skip_bad_images: only training sets skip images (a skipped {phase} image would '
+                          'change the results); remove the option and restore or remove the bad image.')
     if dataset_opt.get('phase') == 'train':
         gt_size = dataset_opt.get('gt_size')
         if gt_size is not None and scale and gt_size % scale != 0:
