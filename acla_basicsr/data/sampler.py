@@ -93,8 +93,10 @@ class ResumableSampler(EnlargedSampler):
             if 0 <= done <= batches_per_epoch:  # else a state of another batch size or data set: start the epoch
                 self.skip_batches = done
             self.resume_epoch = int(resume_state['epoch'])
-            # the states of the process that saved them (rank 0); other ranks keep their seeds
-            if resume_state.get('rng') is not None and resume_state.get('rng_rank', 0) == rank:
+            # every rank's own states (distributed runs save them all), else those of the saving process (rank 0)
+            if rank < len(resume_state.get('rng_ranks') or []):
+                self.pending_rng = rng_state_from_save(resume_state['rng_ranks'][rank])
+            elif resume_state.get('rng') is not None and resume_state.get('rng_rank', 0) == rank:
                 self.pending_rng = rng_state_from_save(resume_state['rng'])
 
     def __iter__(self):

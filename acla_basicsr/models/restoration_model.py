@@ -235,15 +235,28 @@ class RestorationModel(SRModel):
             super().save_network(net, net_label, current_iter, param_key)
 
     # ------------------------------------------------------------------ exact resume
+    def save(self, epoch, current_iter):
+        """basicsr's save; in a distributed run every rank first hands its random states to rank 0, which
+        writes them into the training state, so that every rank of a resumed run draws what it would have."""
+        self.rank_rng_states = None
+        if self.opt.get('dist') and current_iter != -1:
+            import torch.distributed as dist
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, rng_state_for_save(capture_rng_state()))
+            self.rank_rng_states = states
+        super().save(epoch, current_iter)
+
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """basicsr's training state (epoch, iteration, optimizers, schedulers) plus the random states and the
-        divergence guard, written atomically (:mod:`acla_basicsr.data.sampler`)."""
+        """basicsr's training state (epoch, iteration, optimizers, schedulers) plus the random states (of every
+        rank in a distributed run) and the divergence guard, written atomically (:mod:`acla_basicsr.data.sampler`)."""
         if current_iter == -1:
             return
         state = {'epoch': epoch, 'iter': current_iter, 'optimizers': [o.state_dict() for o in self.optimizers],
                  'schedulers': [s.state_dict() for s in self.schedulers],
                  'rng': rng_state_for_save(capture_rng_state()), 'rng_rank': self.opt.get('rank', 0)}
+        if getattr(self, 'rank_rng_states', None):
+            state['rng_ranks'] = self.rank_rng_states
         if hasattr(self, 'divergence_guard'):
             state['divergence'] = self.divergence_guard.state_dict()
         fileio.torch_save(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))
