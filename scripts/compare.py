@@ -16,7 +16,8 @@ when they reach N. Validation during training is pushed past the end (basicsr st
 after the last iteration, on the file's own ``val`` set).
 
 Then the final ``net_g_latest.pth`` (``params_ema`` when the run had an EMA, otherwise ``params``) is
-loaded into the network built from the file's ``network_g`` through basicsr's ``ARCH_REGISTRY``, and
+loaded into the network built from the file's ``network_g`` (with the ``network_g:`` entries of
+``--force_yml`` applied, as in training) through basicsr's ``ARCH_REGISTRY``, and
 run in eval mode on every whole image of the held-out sets. Each set is read with the file's first
 validation dataset options with its data roots replaced: ``<data-root>/<set>/HR`` and
 ``LR_bicubic/X<scale>`` for SR, ``<data-root>/<set>/GT`` for scale 1 (the degraded inputs are then
@@ -169,10 +170,25 @@ def train_run(opt_path, opt, seed, iters, extra_force, threads):
     return exp_dir, wall
 
 
-def load_network(opt, exp_dir):
+def network_options(opt, force=()):
+    """The file's ``network_g`` with the ``network_g:`` entries of ``--force_yml`` applied, as the training had them."""
+    from basicsr.utils.options import _postprocess_yml_value
+    net_opt = copy.deepcopy(opt['network_g'])
+    for entry in force:
+        keys, value = entry.split('=')
+        keys = keys.strip().split(':')
+        if keys[0] == 'network_g' and len(keys) > 1:
+            target = net_opt
+            for key in keys[1:-1]:
+                target = target.setdefault(key, {})
+            target[keys[-1]] = _postprocess_yml_value(value.strip())
+    return net_opt
+
+
+def load_network(opt, exp_dir, force=()):
     import torch
     from basicsr.utils.registry import ARCH_REGISTRY
-    net_opt = dict(opt['network_g'])
+    net_opt = network_options(opt, force)
     net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
     state = torch.load(osp.join(exp_dir, 'models', 'net_g_latest.pth'), map_location='cpu', weights_only=True)
     key = 'params_ema' if 'params_ema' in state else 'params'
@@ -354,7 +370,7 @@ def run(args):
             print(f'[compare] {done}/{total} training {row["file"]} seed {seed} for {args.iters} iterations ...',
                   flush=True)
             exp_dir, wall = train_run(path, opt, seed, args.iters, args.force_yml, args.threads)
-            net = load_network(opt, exp_dir)
+            net = load_network(opt, exp_dir, args.force_yml)
             if 'params' not in row:  # before the evaluation, which gathers ACLA's open-key statistics
                 row['params'] = sum(p.numel() for p in net.parameters())
                 row['macs'] = count_macs(net, opt['network_g'].get('num_in_ch', 3))

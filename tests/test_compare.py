@@ -132,3 +132,12 @@ def test_results_record_and_paired_table(tiny_setup, tmp_path, capsys):
 
     with pytest.raises(SystemExit):  # the baseline must be one of the rows
         compare.parse_args(['-opt', paths[1], '--iters', '3', '--baseline', paths[0]])
+
+
+def test_network_options_apply_forced_network_keys():
+    """A run trained with --force_yml network_g:... is tested with the network it was trained as."""
+    opt = {'network_g': {'type': 'EDSR', 'img_range': 255., 'rgb_mean': [0.4, 0.4, 0.4]}}
+    net_opt = compare.network_options(opt, ['val:val_freq=200', 'network_g:img_range=1.', 'train:optim_g:lr=0.0002',
+                                            'network_g:num_block=9'])
+    assert net_opt == {'type': 'EDSR', 'img_range': 1., 'rgb_mean': [0.4, 0.4, 0.4], 'num_block': 9}
+    assert opt['network_g']['img_range'] == 255.  # the file's options are left as they are
