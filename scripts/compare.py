@@ -16,7 +16,8 @@ when they reach N. Validation during training is pushed past the end (basicsr st
 after the last iteration, on the file's own ``val`` set).
 
 Then the final ``net_g_latest.pth`` (``params_ema`` when the run had an EMA, otherwise ``params``) is
-loaded into the network built from the file's ``network_g`` through basicsr's ``ARCH_REGISTRY``, and
+loaded into the network built from the file's ``network_g`` (with the ``network_g:`` entries of
+``--force_yml`` applied, as in training) through basicsr's ``ARCH_REGISTRY``, and
 run in eval mode on every whole image of the held-out sets. Each set is read with the file's first
 validation dataset options with its data roots replaced: ``<data-root>/<set>/HR`` and
 ``LR_bicubic/X<scale>`` for SR, ``<data-root>/<set>/GT`` for scale 1 (the degraded inputs are then
@@ -30,16 +31,26 @@ has it, otherwise the MACs; PSNR/SSIM per set as mean +- sample standard deviati
 mean training wall time per run), then a detailed table with every seed's values. ``--out`` writes
 both (atomically) to a markdown file. Experiment folders are removed unless ``--keep``.
 
+``--baseline FILE`` (one of the ``-opt`` files) adds a paired table: for every other row and every
+seed that both have, its PSNR minus the baseline's with the same seed, per set, their mean, and
+whether that mean is larger than the spread (the larger sample std over seeds of the two rows) with
+the same sign in every seed. ``--results FILE.json`` records every finished run (metrics, wall time,
+parameters, MACs) as soon as it is tested, and a later call with the same file skips the runs it
+already holds (same options file, seed, iterations, ``--force_yml`` and channel): a long comparison
+can be run seed by seed, or resumed, and its tables printed from the record.
+
 Usage::
 
     python scripts/compare.py -opt A.yml B.yml --iters 400 --seeds 0 1 [--val-sets Set5 Set14] \\
-        [--force_yml key=value ...] [--out docs/_compare_x.md] [--keep] [--threads 2]
+        [--force_yml key=value ...] [--out docs/_compare_x.md] [--keep] [--threads 2] \\
+        [--baseline A.yml] [--results runs.json]
 
 Errors end with one line and exit status 2: a missing options file, a missing held-out set (run
 ``python scripts/prepare_benchmark.py``), a failed training (with the path of its log).
 """
 import argparse
 import copy
+import json
 import os
 import os.path as osp
 import shutil
@@ -159,10 +170,25 @@ def train_run(opt_path, opt, seed, iters, extra_force, threads):
     return exp_dir, wall
 
 
-def load_network(opt, exp_dir):
+def network_options(opt, force=()):
+    """The file's ``network_g`` with the ``network_g:`` entries of ``--force_yml`` applied, as the training had them."""
+    from basicsr.utils.options import _postprocess_yml_value
+    net_opt = copy.deepcopy(opt['network_g'])
+    for entry in force:
+        keys, value = entry.split('=')
+        keys = keys.strip().split(':')
+        if keys[0] == 'network_g' and len(keys) > 1:
+            target = net_opt
+            for key in keys[1:-1]:
+                target = target.setdefault(key, {})
+            target[keys[-1]] = _postprocess_yml_value(value.strip())
+    return net_opt
+
+
+def load_network(opt, exp_dir, force=()):
     import torch
     from basicsr.utils.registry import ARCH_REGISTRY
-    net_opt = dict(opt['network_g'])
+    net_opt = network_options(opt, force)
     net = ARCH_REGISTRY.get(net_opt.pop('type'))(**net_opt)
     state = torch.load(osp.join(exp_dir, 'models', 'net_g_latest.pth'), map_location='cpu', weights_only=True)
     key = 'params_ema' if 'params_ema' in state else 'params'
@@ -247,6 +273,31 @@ def tables(rows, val_sets, iters, seeds, channel):
     return '\n'.join(lines) + '\n'
 
 
+def paired_table(rows, baseline, val_sets, channel):
+    """PSNR of every row minus the baseline row's, seed by seed (markdown)."""
+    ch = 'Y' if channel == 'y' else 'RGB'
+    base = next(row for row in rows if row['file'] == baseline)
+    base_runs = {r['seed']: r for r in base['runs']}
+    head = ['options file', 'set', 'seeds', f'PSNR-{ch} minus `{baseline}`, per seed (dB)', 'mean (dB)',
+            'spread (dB)', 'larger than the spread, same sign in every seed']
+    lines = ['', f'Paired with `{baseline}` (same seed):', '', '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in rows:
+        runs = [r for r in row['runs'] if r['seed'] in base_runs]
+        if row is base or not runs:
+            continue
+        for name in val_sets:
+            diffs = [r['metrics'][name][0] - base_runs[r['seed']]['metrics'][name][0] for r in runs]
+            stds = [statistics.stdev(v) if len(v) > 1 else 0. for v in
+                    ([r['metrics'][name][0] for r in runs], [base_runs[r['seed']]['metrics'][name][0] for r in runs])]
+            mean, spread = statistics.fmean(diffs), max(stds)
+            same_sign = all(d > 0 for d in diffs) or all(d < 0 for d in diffs)
+            beyond = 'yes' if len(diffs) > 1 and same_sign and abs(mean) > spread else 'no'
+            cells = [f"`{row['file']}`", name, ' / '.join(str(r['seed']) for r in runs),
+                     ' / '.join(f'{d:+.2f}' for d in diffs), f'{mean:+.3f}', f'{spread:.3f}', beyond]
+            lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('-opt', nargs='+', required=True, help='training options files, one row each')
@@ -260,9 +311,13 @@ def parse_args(argv):
     parser.add_argument('--out', help='also write the tables to this markdown file')
     parser.add_argument('--keep', action='store_true', help='keep the experiment folders')
     parser.add_argument('--threads', type=int, default=0, help='OMP_NUM_THREADS of the runs and the evaluation')
+    parser.add_argument('--baseline', help='one of the -opt files: add the per-seed PSNR differences to it')
+    parser.add_argument('--results', help='JSON record of finished runs: read to skip them, written after each run')
     args = parser.parse_args(argv)
     if args.iters < 1:
         parser.error('--iters must be a positive integer')
+    if args.baseline and osp.abspath(args.baseline) not in [osp.abspath(p) for p in args.opt]:
+        parser.error('--baseline must be one of the -opt files')
     return args
 
 
@@ -280,27 +335,52 @@ def run(args):
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    record = []
+    if args.results and osp.isfile(args.results):
+        try:
+            with open(args.results) as f:
+                record = json.load(f)
+        except ValueError:
+            raise CompareError(f'--results: {args.results} is not a JSON record of this script; '
+                               'give another file name.') from None
+
     rows, total, done = [], len(options) * len(args.seeds), 0
     for path, opt in options:
         row = {'file': osp.relpath(osp.abspath(path), REPO), 'network': describe(opt['network_g']), 'runs': []}
         for seed in args.seeds:
             done += 1
+            same = {'file': row['file'], 'seed': seed, 'iters': args.iters, 'force_yml': args.force_yml,
+                    'channel': args.channel}
+            old = next((r for r in record if all(r.get(k) == v for k, v in same.items())
+                        and all(s in r['metrics'] for s in args.val_sets)), None)
+            if old is not None:
+                print(f'[compare] {done}/{total} {row["file"]} seed {seed}: in {args.results}, not run again',
+                      flush=True)
+                row.update(params=old['params'], macs=old['macs'])
+                row['runs'].append(dict(old, metrics={s: tuple(old['metrics'][s]) for s in args.val_sets}))
+                continue
             print(f'[compare] {done}/{total} training {row["file"]} seed {seed} for {args.iters} iterations ...',
                   flush=True)
             exp_dir, wall = train_run(path, opt, seed, args.iters, args.force_yml, args.threads)
-            net = load_network(opt, exp_dir)
+            net = load_network(opt, exp_dir, args.force_yml)
             if 'params' not in row:  # before the evaluation, which gathers ACLA's open-key statistics
                 row['params'] = sum(p.numel() for p in net.parameters())
                 row['macs'] = count_macs(net, opt['network_g'].get('num_in_ch', 3))
             metrics = evaluate(net, opt, sets[path], args.channel)
             eff = net.effective_macs(48, 48) if hasattr(net, 'effective_macs') else row['macs']
             row['runs'].append({'seed': seed, 'metrics': metrics, 'eff_macs': float(eff), 'wall': wall})
+            if args.results:
+                record.append(dict(same, metrics=metrics, eff_macs=float(eff), wall=wall, params=row['params'],
+                                   macs=row['macs']))
+                write_text(args.results, json.dumps(record, indent=1) + '\n')
             summary = ', '.join(f'{s} {p:.2f} dB / {q:.4f}' for s, (p, q) in metrics.items())
             print(f'[compare] {done}/{total} {row["file"]} seed {seed}: trained in {wall:.0f} s; {summary}', flush=True)
             if not args.keep:
                 shutil.rmtree(exp_dir, ignore_errors=True)
         rows.append(row)
     text = tables(rows, args.val_sets, args.iters, args.seeds, args.channel)
+    if args.baseline:
+        text += paired_table(rows, osp.relpath(osp.abspath(args.baseline), REPO), args.val_sets, args.channel)
     print(text, end='', flush=True)
     if args.out:
         write_text(args.out, text)

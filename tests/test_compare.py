@@ -106,3 +106,40 @@ def test_compare_errors(tiny_setup, tmp_path, capsys):
     assert err.count('\n') == 0 and 'training of' in err and 'failed with exit status 2' in err
     for name in cmp_folders('cmp_bad_'):
         shutil.rmtree(osp.join(ROOT, 'experiments', name))
+
+
+def test_results_record_and_paired_table(tiny_setup, tmp_path, capsys):
+    """Runs held in --results are not trained again; --baseline pairs every row with the baseline's seed."""
+    import json
+    paths, data_root = tiny_setup
+    files = [osp.relpath(osp.abspath(p), ROOT) for p in paths]
+    psnr = {(0, 0): 30.0, (0, 1): 30.2, (1, 0): 30.5, (1, 1): 30.6}  # (row, seed): dB; row 1 ahead in both seeds
+    record = [{'file': files[i], 'seed': s, 'iters': 3, 'force_yml': [], 'channel': 'y',
+               'metrics': {'TinySet': [psnr[i, s], 0.9]}, 'eff_macs': 1e6, 'wall': 1.0, 'params': 10 + i,
+               'macs': 1e6} for i in (0, 1) for s in (0, 1)]
+    results = tmp_path / 'runs.json'
+    results.write_text(json.dumps(record))
+    before = cmp_folders()
+    rows = compare.run(compare.parse_args([
+        '-opt', *paths, '--iters', '3', '--seeds', '0', '1', '--val-sets', 'TinySet', '--data-root', data_root,
+        '--results', str(results), '--baseline', paths[0]]))
+    printed = capsys.readouterr().out
+    assert cmp_folders() == before and printed.count('not run again') == 4  # nothing trained
+    assert [r['metrics']['TinySet'][0] for r in rows[1]['runs']] == [30.5, 30.6]
+    paired = [line for line in printed.splitlines() if line.startswith(f'| `{files[1]}` | TinySet |')]
+    assert len(paired) == 1
+    cells = [c.strip() for c in paired[0].strip('|').split('|')]
+    # differences +0.5 / +0.4, mean +0.45, spread max(std(30.5, 30.6), std(30.0, 30.2)) = 0.141: beyond it
+    assert cells[2:] == ['0 / 1', '+0.50 / +0.40', '+0.450', '0.141', 'yes']
+
+    with pytest.raises(SystemExit):  # the baseline must be one of the rows
+        compare.parse_args(['-opt', paths[1], '--iters', '3', '--baseline', paths[0]])
+
+
+def test_network_options_apply_forced_network_keys():
+    """A run trained with --force_yml network_g:... is tested with the network it was trained as."""
+    opt = {'network_g': {'type': 'EDSR', 'img_range': 255., 'rgb_mean': [0.4, 0.4, 0.4]}}
+    net_opt = compare.network_options(opt, ['val:val_freq=200', 'network_g:img_range=1.', 'train:optim_g:lr=0.0002',
+                                            'network_g:num_block=9'])
+    assert net_opt == {'type': 'EDSR', 'img_range': 1., 'rgb_mean': [0.4, 0.4, 0.4], 'num_block': 9}
+    assert opt['network_g']['img_range'] == 255.  # the file's options are left as they are
