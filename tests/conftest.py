@@ -90,29 +90,16 @@ def run_entry(script, opt_path, *args, cwd=None, timeout=300, env=None):
     return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def run_torchrun_training(opt_path, out_dir, nproc=2, timeout=240, elastic=False, extra_env=None, args=()):
-    """Train ``opt_path`` with torchrun (gloo, CPU); every rank saves its final weights to ``out_dir/rank{r}.pth``.
-
-    ``elastic``: c10d rendezvous with ``--max-restarts 2`` (a killed worker restarts them all).
-    """
+def run_torchrun_training(opt_path, out_dir, nproc=2, timeout=240):
+    """Train ``opt_path`` with torchrun (gloo, CPU); every rank saves its final weights to ``out_dir/rank{r}.pth``."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         port = s.getsockname()[1]
-    launch = (['--rdzv-backend=c10d', f'--rdzv-endpoint=127.0.0.1:{port}', '--nnodes=1', '--max-restarts=2']
-              if elastic else [f'--master_port={port}'])
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', *launch,
+    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', f'--master_port={port}',
            osp.join(ROOT, 'tests', 'helpers', 'dist_train_worker.py'), str(out_dir), '-opt', str(opt_path),
-           '--launcher', 'pytorch', *args]
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', **(extra_env or {}))
-    # output through a file, not pipes: after a restart a process may outlive torchrun holding a pipe open,
-    # and reading the pipe to its end would then wait for it (measured: the elastic run hung under pytest)
-    log = osp.join(str(out_dir), 'torchrun.log')
-    with open(log, 'w') as f:
-        result = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=timeout,
-                                env=env)
-    with open(log) as f:
-        result.stdout = result.stderr = f.read()
-    return result
+           '--launcher', 'pytorch']
+    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def parsed_checked_options(config):

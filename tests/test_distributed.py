@@ -1,7 +1,6 @@
 """Distributed training with torchrun and gloo on the CPU: both ranks train the same network."""
 import os
 import os.path as osp
-import shutil
 
 import torch
 import pytest
@@ -37,30 +36,3 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path, sr_folders, experi
 def test_local_rank_spellings_are_accepted():
     assert normalise_argv(['-opt', 'x.yml', '--local-rank=1']) == ['-opt', 'x.yml', '--local_rank=1']
     assert normalise_argv(['--local-rank', '0', '--local_rank', '2']) == ['--local_rank', '0', '--local_rank', '2']
-
-
-@pytest.mark.slow
-def test_a_killed_worker_restarts_resumes_and_ends_as_an_uninterrupted_run(tmp_path, sr_folders, experiment_name):
-    """Elastic torchrun (c10d, --max-restarts 2, --auto_resume): rank 1 is SIGKILLed at iteration 5; every worker
-    restarts, resumes from the state of iteration 4 (every rank's random states in it) and ends with the
-    weights of an uninterrupted two-process run of the same seed."""
-    hr_dir, lr_dir = sr_folders
-    results = {}
-    for run, extra_env in (('straight', {}), ('killed', {'KILL_RANK1_AT': '5'})):
-        opt = tiny_sr_options(f'{experiment_name}_{run}', hr_dir, lr_dir, total_iter=8)
-        opt['datasets']['train']['batch_size_per_gpu'] = 1
-        out = tmp_path / run
-        out.mkdir()
-        result = run_torchrun_training(write_options(opt, tmp_path / f'{run}.yml'), out, elastic=True,
-                                       extra_env=extra_env, args=['--auto_resume'], timeout=400)
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-        results[run] = [torch.load(out / f'rank{r}.pth') for r in (0, 1)]
-        exp = osp.join(ROOT, 'experiments', f'{experiment_name}_{run}')
-        logs = ''.join(open(osp.join(exp, v)).read() for v in os.listdir(exp) if v.endswith('.log'))
-        if run == 'killed':
-            assert 'Resuming training from epoch' in logs and 'iter: 4.' in logs, logs[-3000:]
-        shutil.rmtree(exp, ignore_errors=True)
-        shutil.rmtree(osp.join(ROOT, 'tb_logger', f'{experiment_name}_{run}'), ignore_errors=True)
-    for straight, killed in zip(results['straight'], results['killed']):
-        for key in straight:
-            torch.testing.assert_close(killed[key], straight[key], rtol=0, atol=0)

@@ -1,12 +1,7 @@
 """Run the training pipeline under torchrun and save every rank's final weights (test helper).
 
 Usage: torchrun --nproc_per_node=2 tests/helpers/dist_train_worker.py OUT_DIR -opt X.yml --launcher pytorch
-
-With ``KILL_RANK1_AT=N`` in the environment, rank 1 of the first attempt (``TORCHELASTIC_RESTART_COUNT`` 0)
-SIGKILLs itself at the start of iteration N, as a lost machine would; torchrun's ``--max-restarts`` restarts
-every worker.
 """
-import signal
 import os
 import os.path as osp
 import sys
@@ -27,16 +22,6 @@ build_model = basicsr.train.build_model
 
 def build_and_keep(opt):
     built.append(build_model(opt))
-    kill_at = int(os.environ.get('KILL_RANK1_AT', 0))
-    if kill_at and os.environ.get('RANK') == '1' and os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') == '0':
-        step = built[-1].optimize_parameters
-
-        def step_or_die(current_iter):
-            if current_iter == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return step(current_iter)
-
-        built[-1].optimize_parameters = step_or_die
     return built[-1]
 
 
