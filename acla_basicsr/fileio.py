@@ -13,6 +13,7 @@ needed (where known) and the space left on its disk.
 
 A leaf module: it imports nothing of the project but its exceptions.
 """
+import contextlib
 import os
 import os.path as osp
 import shutil
@@ -76,6 +77,23 @@ def atomic_write(path, write, size=None):
         pass
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def staged_folder(path):
+    """A whole folder written atomically (prepared data sets: LMDBs and their meta_info): the block fills the
+    hidden temporary folder it is given, which then replaces ``path``; a failed block leaves ``path`` as it was."""
+    path = osp.abspath(os.fspath(path))
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f'.{osp.basename(path)}-', dir=osp.dirname(path))
+    try:
+        yield tmp
+        if osp.exists(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            shutil.rmtree(tmp)
 
 
 def write_bytes(path, data):

@@ -39,9 +39,7 @@ Usage::
 import argparse
 import os
 import os.path as osp
-import shutil
 import sys
-import tempfile
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 SOURCES = ('skimage', 'Sun_Hays80', 'CBSD68')
@@ -106,16 +104,8 @@ def build(tmp_root, items, crop, step, scales):
 
 def verify(root, crop, scales):
     """Decode every key of every LMDB and check the shapes and that all LMDBs have the same keys."""
-    from acla_basicsr.data.prepare_util import PrepareError, verify_lmdb
-
-    keys = None
-    for name, size in [('HR_sub.lmdb', crop)] + [(f'LR_bicubic_X{s}_sub.lmdb', crop // s) for s in scales]:
-        path = osp.join(root, 'train', name)
-        entries = verify_lmdb(path)
-        keys = keys or [k for k, _ in entries]
-        if [k for k, _ in entries] != keys or any(shape != (size, size, 3) for _, shape in entries):
-            raise PrepareError(f'{path}: keys or sizes differ from HR_sub.lmdb; rebuild with --force.')
-    return len(keys)
+    from acla_basicsr.data.prepare_util import verify_train_lmdbs
+    return verify_train_lmdbs(root, crop, scales)
 
 
 def prepare(root, shared, crop=120, step=120, scales=(2, ), limit=None, force=False):
@@ -130,9 +120,8 @@ def prepare(root, shared, crop=120, step=120, scales=(2, ), limit=None, force=Fa
         print(f'{root} is already prepared ({count} sub-images); nothing to do (use --force to rebuild).')
         return count
     items = source_images(shared, limit)  # every check before anything is written
-    os.makedirs(osp.dirname(root), exist_ok=True)
-    tmp_root = tempfile.mkdtemp(prefix='.compare-', dir=osp.dirname(root))
-    try:
+    from acla_basicsr.fileio import staged_folder
+    with staged_folder(root) as tmp_root:
         counts = build(tmp_root, items, crop, step, scales)
         count = verify(tmp_root, crop, scales)
         with open(osp.join(tmp_root, DONE_FILE), 'w') as f:
@@ -141,12 +130,6 @@ def prepare(root, shared, crop=120, step=120, scales=(2, ), limit=None, force=Fa
             f.write(f'images: {len(items)}' + (f' (--limit {limit} per source)' if limit else '') + '\n')
             for source, name, _ in items:
                 f.write(f'{source}/{name}\n')
-        if osp.exists(root):
-            shutil.rmtree(root)
-        os.replace(tmp_root, root)
-    finally:
-        if osp.exists(tmp_root):
-            shutil.rmtree(tmp_root)
     print(f'Prepared {root}: {count} training sub-images from {len(items)} images '
           f'({", ".join(f"{s} {counts.get(s, 0)}" for s in SOURCES)}).')
     return count

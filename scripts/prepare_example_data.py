@@ -20,7 +20,6 @@ import os
 import os.path as osp
 import shutil
 import sys
-import tempfile
 
 import numpy as np
 from tqdm import tqdm
@@ -80,17 +79,8 @@ def build(tmp_root):
 
 def verify(root):
     """Open every key of every LMDB (basicsr's meta_info shapes) and check that LR and HR keys agree."""
-    from acla_basicsr.data.prepare_util import verify_lmdb
-
-    hr_path = osp.join(root, 'train', 'HR_sub.lmdb')
-    keys = None
-    for name, size in [('HR_sub.lmdb', CROP)] + [(f'LR_bicubic_X{s}_sub.lmdb', CROP // s) for s in SCALES]:
-        path = osp.join(root, 'train', name)
-        entries = verify_lmdb(path)
-        keys = keys or [k for k, _ in entries]
-        if [k for k, _ in entries] != keys or any(shape != (size, size, 3) for _, shape in entries):
-            raise RuntimeError(f'{path}: keys or sizes differ from {hr_path}; rebuild with --force.')
-    return len(keys)
+    from acla_basicsr.data.prepare_util import verify_train_lmdbs
+    return verify_train_lmdbs(root, CROP, SCALES)
 
 
 def prepare(root, force=False):
@@ -99,20 +89,13 @@ def prepare(root, force=False):
     if osp.isfile(osp.join(root, DONE_FILE)) and not force:
         print(f'{root} is already prepared; nothing to do (use --force to rebuild).')
         return verify(root)
-    os.makedirs(osp.dirname(root), exist_ok=True)
-    tmp_root = tempfile.mkdtemp(prefix='.example-', dir=osp.dirname(root))
-    try:
+    from acla_basicsr.fileio import staged_folder
+    with staged_folder(root) as tmp_root:
         keys = build(tmp_root)
         verify(tmp_root)
         with open(osp.join(tmp_root, DONE_FILE), 'w') as f:
             f.write(f'{len(keys)} HR sub-images of {CROP}x{CROP} from {", ".join(TRAIN_IMAGES)}; '
                     f'validation: {", ".join(VAL_IMAGES)}; scales {SCALES}\n')
-        if osp.exists(root):
-            shutil.rmtree(root)
-        os.replace(tmp_root, root)
-    finally:
-        if osp.exists(tmp_root):
-            shutil.rmtree(tmp_root)
     print(f'Prepared {root}: {len(keys)} training sub-images, {len(VAL_IMAGES)} validation images.')
     return len(keys)
 

@@ -194,3 +194,15 @@ def test_the_package_imports_without_unix_only_modules():
             "assert 'rss' not in peak_memory_mib('cpu')\n")
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_staged_folder_replaces_the_old_one_only_when_complete(tmp_path):
+    from acla_basicsr import fileio
+    target = tmp_path / 'data'
+    with fileio.staged_folder(target) as tmp:
+        open(osp.join(tmp, 'a.txt'), 'w').write('new')
+    with pytest.raises(RuntimeError):
+        with fileio.staged_folder(target) as tmp:
+            open(osp.join(tmp, 'a.txt'), 'w').write('half')
+            raise RuntimeError('interrupted')
+    assert (target / 'a.txt').read_text() == 'new' and os.listdir(tmp_path) == ['data']

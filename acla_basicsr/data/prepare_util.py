@@ -109,3 +109,23 @@ def verify_lmdb(lmdb_path, desc=None):
     finally:
         env.close()
     return entries
+
+
+def verify_train_lmdbs(root, crop, scales):
+    """Check the LMDBs ``root/train/HR_sub.lmdb`` and ``LR_bicubic_X{s}_sub.lmdb`` of a prepared SR set: every key
+    decodes, HR sub-images are ``crop`` pixels and LR ones ``crop // s``, and all hold the same keys.
+
+    Returns:
+        int: The number of sub-images.
+
+    Raises:
+        PrepareError: naming the LMDB that differs.
+    """
+    keys = None
+    for name, size in [('HR_sub.lmdb', crop)] + [(f'LR_bicubic_X{s}_sub.lmdb', crop // s) for s in scales]:
+        path = osp.join(root, 'train', name)
+        entries = verify_lmdb(path)
+        keys = keys or [k for k, _ in entries]
+        if [k for k, _ in entries] != keys or any(shape != (size, size, 3) for _, shape in entries):
+            raise PrepareError(f'{path}: keys or sizes differ from HR_sub.lmdb; rebuild with --force.')
+    return len(keys)
