@@ -15,7 +15,7 @@ from os import path as osp
 
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
-from acla_basicsr.config.schema import check_schema
+from acla_basicsr.config.schema import check_schema, scheduler_classes
 from acla_basicsr.option_spec import registered_class
 from acla_basicsr.data.checks import check_dataset
 from acla_basicsr.errors import OptionError
@@ -35,7 +35,6 @@ def _check_optimizers(train):
     """Build every ``train.optim_*`` and the scheduler on a stand-in parameter, so that a value torch refuses
     (``lr: -1``, ``betas: [0.9, 1.5]``, ``gamma: -1``) ends here with one line, not mid-setup with a traceback."""
     import torch
-    from basicsr.models import lr_scheduler
     param = torch.zeros(1, requires_grad=True)
     optimizer = None
     for key, value in train.items():
@@ -48,8 +47,7 @@ def _check_optimizers(train):
             optimizer = optimizer or built
     scheduler = train.get('scheduler')
     if optimizer is not None and isinstance(scheduler, dict) and scheduler.get('type'):
-        classes = {'MultiStepLR': lr_scheduler.MultiStepRestartLR, 'MultiStepRestartLR': lr_scheduler.MultiStepRestartLR,
-                   'CosineAnnealingRestartLR': lr_scheduler.CosineAnnealingRestartLR}
+        classes = scheduler_classes()
         kwargs = {k: v for k, v in scheduler.items() if k != 'type'}
         try:
             classes[scheduler['type']](optimizer, **kwargs)

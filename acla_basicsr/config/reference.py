@@ -48,7 +48,7 @@ def options_reference():
             for section, keys in declared.items():
                 lines += list(_rows(keys, section))
         else:
-            lines += list(_rows(declared, f'datasets.<phase>'))
+            lines += list(_rows(declared, 'datasets.<phase>'))
             for kind, keys in DEGRADATIONS.items():
                 lines += list(_rows(keys, f'datasets.<phase>.degradation ({kind})'))
         lines.append('')

@@ -200,6 +200,13 @@ def signature_schema(target, skip=('self', )):
     return keys, open_ended, tuple(required)
 
 
+def scheduler_classes():
+    """basicsr 1.4.2's schedulers by the ``train.scheduler.type`` that names them (``models/sr_model.py``)."""
+    from basicsr.models import lr_scheduler
+    return {'MultiStepLR': lr_scheduler.MultiStepRestartLR, 'MultiStepRestartLR': lr_scheduler.MultiStepRestartLR,
+            'CosineAnnealingRestartLR': lr_scheduler.CosineAnnealingRestartLR}
+
+
 def extra_option_keys(cls, section=None):
     """The ``extra_option_keys`` declared by ``cls`` and its bases (of one ``section`` for a model)."""
     keys = {}
@@ -335,7 +342,6 @@ class SchemaChecker:
 
     def check_train(self, train):
         import torch
-        from basicsr.models import lr_scheduler
         for key, value in train.items():
             if key.endswith('_opt') and isinstance(value, dict):
                 self.check_loss(value, f'train.{key}')
@@ -353,9 +359,7 @@ class SchemaChecker:
                 self.check_loss(value, f'train.network_opt[{index}]', extra={'name': 'str'})
         scheduler = train.get('scheduler')
         if isinstance(scheduler, dict):
-            classes = {'MultiStepLR': lr_scheduler.MultiStepRestartLR,
-                       'MultiStepRestartLR': lr_scheduler.MultiStepRestartLR,
-                       'CosineAnnealingRestartLR': lr_scheduler.CosineAnnealingRestartLR}
+            classes = scheduler_classes()
             kind = scheduler.get('type')
             if kind not in classes:
                 raise OptionError(f"train.scheduler.type: unknown scheduler {kind!r}; use one of "
