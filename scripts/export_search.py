@@ -1,6 +1,6 @@
 """Export the result of an ACLA insert-position search from a checkpoint of its supernet.
 
-Writes ``searched_positions.yml`` (positions with gate probability > 0.5, probabilities, MACs) and
+Writes ``searched_positions.yml`` (the positions that train.search.readout selects, probabilities, MACs) and
 ``train_searched.yml`` (a ready-to-run training config of the final network), the same files
 ``ACLASearchModel`` writes at every validation, through a temporary file and a rename.
 
@@ -54,6 +54,7 @@ def export_from_checkpoint(opt_path, checkpoint, out_dir=None, iteration=None, p
     if not getattr(net, 'is_position_supernet', False):
         raise OptionError(f"network_g.type: {opt['network_g'].get('type')} is not a position supernet "
                           '(ACLASuperEDSR or ACLASuperRCAN).')
+    net.readout = search['readout']
     state = torch.load(checkpoint, map_location='cpu', weights_only=True)
     state = state.get(param_key, state)
     state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
@@ -80,7 +81,7 @@ def main():
     except OptionError as error:
         print(f'error: {error}', file=sys.stderr)
         sys.exit(2)
-    print(f'positions (P > 0.5): {positions}')
+    print(f'positions: {positions}')
     print(f'wrote {positions_path}')
     print(f'wrote {config_path}')
     print(f'train the final network: python acla_basicsr/train.py -opt {config_path}')

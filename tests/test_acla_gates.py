@@ -20,6 +20,7 @@ from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
 from acla_basicsr.archs.cla_modules import AdaptiveCrossLayerAttention
 from acla_basicsr.archs.macs import counted_macs
 from acla_basicsr.models.search_export import CONFIG_FILE
+from acla_basicsr.models.schedule_options import macs_weight
 from acla_basicsr.errors import OptionError
 
 
@@ -95,20 +96,22 @@ def test_macs_count_open_keys_and_effective_macs_follow_the_counter():
         net(x)
         assert net.effective_macs(*size) == pytest.approx(dense, rel=1e-12)
         net.reset_key_stats()
-        for module in net.attention:  # close keys 0 and 1 of every key layer: they save 3 C MACs per pixel each
+        # close keys 0 and 1 of every key layer: they save their offsets, 2 C MACs per pixel each (their logit stays:
+        # the softmax runs over every key's logit before the gates multiply)
+        for module in net.attention:
             module.gate.bias.view(-1, 4)[:, :2] = -50.0
         net(x)
     measured = net.measured_active_keys()
     assert all(v == pytest.approx(2.0) for layers in measured.values() for v in layers)
     num_layer_pairs = sum(range(1, len(net.attention) + 1))
-    saved = num_layer_pairs * 2 * 3 * 8 * size[0] * size[1]
+    saved = num_layer_pairs * 2 * 2 * 8 * size[0] * size[1]
     assert net.effective_macs(*size) == pytest.approx(dense - saved, rel=1e-12)
     # the MAC term (after a training pass): every open key also costs its aggregation (4 C); expectation from
     # sigmoid(g)
     net.train()(x)
     expected = net.expected_attention_macs(*size).item()
     hw, c = size[0] * size[1], 8
-    analytic = sum(hw * (c * c + (index + 1) * (c * c + 4 * c + 2 * 7 * c)) for index in range(len(net.attention)))
+    analytic = sum(hw * (c * c + (index + 1) * (c * c + 2 * 4 * c + 2 * 6 * c)) for index in range(len(net.attention)))
     assert expected == pytest.approx(analytic, rel=1e-6)
 
 
@@ -143,10 +146,48 @@ def test_temperature_schedule_is_applied_logged_and_a_function_of_the_iteration(
     assert model.log_dict['gate_temp'] == pytest.approx(1.25)
     for bad, match in (({'start': 0}, r'^train\.gate_temperature\.start: 0 is out of range; give a number > 0\.$'),
                        ({'mode': 'cosine'}, r"^train\.gate_temperature\.mode: expected 'exp' or 'linear', got 'cosine'"),
-                       ({'stop': 1}, r"^train\.gate_temperature: unknown option 'stop'; known: end, iters, mode, start\.")):
+                       ({'stop': 1}, r"^train\.gate_temperature: unknown option 'stop'; known: end, iters, mode, noise_end, start\.")):
         with pytest.raises(OptionError, match=match):
             build_model(tiny_acla_options(tmp_path, 8, gate_temperature=bad)).__class__.check_options(
                 tiny_acla_options(tmp_path, 8, gate_temperature=bad))
+
+
+def test_gate_noise_is_annealed_to_the_evaluation_gates(tmp_path, data):
+    """Issue 21: the gate noise falls linearly from 1 to noise_end; at 0 a training pass opens exactly the keys
+    that evaluation opens (at 1 it opened a fraction E[sigmoid(g)], evaluation the fraction of g > 0)."""
+    opt = tiny_acla_options(tmp_path, 8, gate_temperature={'start': 1.0, 'end': 0.2, 'iters': 4})
+    torch.manual_seed(0)
+    model = build_model(opt)
+    net = model.get_bare_model(model.net_g)
+    lq, gt = data
+    for it, noise in ((1, 0.75), (2, 0.5), (4, 0.0), (6, 0.0)):
+        model.feed_data({'lq': lq[:2, :, :16, :16], 'gt': gt[:2, :, :32, :32]})
+        model.optimize_parameters(it)
+        assert model.log_dict['gate_noise'] == pytest.approx(noise)
+        assert all(m.noise == pytest.approx(noise) for m in net.attention)
+    module = AdaptiveCrossLayerAttention(8, 2, 4)
+    with torch.no_grad():
+        module.gate.weight.normal_(std=1.0)
+        module.gate.bias.zero_()
+    x, keys = torch.rand(2, 8, 12, 12), [torch.rand(2, 8, 12, 12) for _ in range(2)]
+    module.eval()(x, keys)
+    evaluated = module.last_active_keys.clone()
+    module.noise = 0.0
+    torch.manual_seed(3)
+    module.train()(x, keys)
+    torch.testing.assert_close(module.last_active_keys, evaluated, rtol=0, atol=0)
+    module.noise = 1.0
+    module.train()(x, keys)
+    assert not torch.equal(module.last_active_keys, evaluated)
+    with pytest.raises(OptionError, match=r'^train\.gate_temperature\.noise_end: 2 is out of range'):
+        build_model(tiny_acla_options(tmp_path, 8)).check_options(
+            tiny_acla_options(tmp_path, 8, gate_temperature={'noise_end': 2}))
+
+
+def test_macs_weight_is_ramped_in_after_start_iter():
+    penalty = {'lambda': 0.4, 'start_iter': 10, 'ramp_iter': 20}
+    assert [macs_weight(penalty, it) for it in (5, 10, 11, 20, 30, 50)] == pytest.approx([0, 0, 0.02, 0.2, 0.4, 0.4])
+    assert macs_weight({'lambda': 0.4, 'start_iter': 0, 'ramp_iter': 0}, 1) == pytest.approx(0.4)
 
 
 def test_macs_penalty_closes_keys_and_is_multiplicative(tmp_path, data):

@@ -1,6 +1,7 @@
 """Insert-position search: supernet gates, MAC model vs the flop counter, search model, export, resume, DDP."""
 import glob
 import itertools
+import math
 import os
 import os.path as osp
 import subprocess
@@ -17,7 +18,8 @@ from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
 from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
 from acla_basicsr.archs.macs import counted_macs
-from acla_basicsr.archs.supernet import PositionSelection
+from acla_basicsr.archs.cla_modules import CrossLayerAttention
+from acla_basicsr.archs.supernet import PositionSelection, readout_selection
 from acla_basicsr.models.search_export import CONFIG_FILE, POSITIONS_FILE
 from acla_basicsr.models.search_options import search_temperature
 from acla_basicsr.config.checks import check_options
@@ -68,6 +70,7 @@ def test_expected_macs_is_the_expectation_over_independent_gates():
 def test_closed_position_is_neither_query_nor_key():
     torch.manual_seed(0)
     net = ACLASuperEDSR(num_feat=8, num_block=3, num_keys=4).eval()
+    net.readout = 'threshold'  # the candidates with a positive logit are open
     for module in net.attention:  # non-identity modules
         torch.nn.init.normal_(module.proj.weight, std=0.1)
     x = torch.rand(1, 3, 12, 12)
@@ -104,6 +107,74 @@ def test_relaxed_and_straight_through_gates_are_differentiable():
     assert net.arch_logits.grad.abs().max() > 0
     with pytest.raises(ValueError, match='temperature'):
         net.position_temperature = 0
+
+
+def test_straight_through_closed_candidate_gets_the_relaxed_gradient_as_a_key_layer():
+    """Issue 21: a candidate closed by a straight-through gate (z = 0) is a key layer weighted 0 of every later
+    candidate; its gradient there is the relaxation's, finite and non-zero (log-space masking passed 0)."""
+    torch.manual_seed(0)
+    module = CrossLayerAttention(8, 3, 4).double()
+    for param in module.parameters():
+        torch.nn.init.normal_(param, std=0.3)
+    x = torch.rand(1, 8, 6, 6, dtype=torch.float64)
+    keys = [torch.rand(1, 8, 6, 6, dtype=torch.float64) for _ in range(3)]
+
+    def loss(z):
+        one = torch.ones((), dtype=torch.float64)
+        return module(x, keys, torch.stack((one, z, one))).square().mean()
+
+    def grad_at(value):
+        z = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+        return torch.autograd.grad(loss(z), z)[0].item()
+
+    at_zero = grad_at(0.0)
+    relaxed = (loss(torch.tensor(1e-7, dtype=torch.float64)) - loss(torch.tensor(0.0, dtype=torch.float64))) / 1e-7
+    assert math.isfinite(at_zero) and abs(at_zero) > 1e-3
+    assert at_zero == pytest.approx(relaxed.item(), abs=1e-4)
+    assert at_zero == pytest.approx(grad_at(1e-8), abs=1e-4)  # continuous at 0
+    # through the supernet: straight-through position gates give every closed candidate's logit a gradient
+    torch.manual_seed(1)
+    net = ACLASuperEDSR(num_feat=8, num_block=3, num_keys=4).train()
+    net.position_straight_through = True
+    for module in net.attention:
+        torch.nn.init.normal_(module.proj.weight, std=0.1)
+    with torch.no_grad():
+        net.arch_logits.copy_(torch.tensor([-30.0, 30.0, 30.0]))  # candidate 1 closed in every sample
+    net(torch.rand(2, 3, 12, 12)).abs().mean().backward()
+    assert net.arch_logits.grad[0].abs() > 0
+
+
+def test_readout_selects_the_expected_number_of_most_probable_candidates():
+    probs = [0.30, 0.25, 0.38, 0.20, 0.33, 0.29]  # no P above 0.5, sum 1.75: two positions
+    assert readout_selection(probs) == [2, 4]
+    assert readout_selection(probs, 'threshold') == []
+    assert readout_selection([0.9, 0.97, 0.95, 0.96]) == [0, 1, 2, 3]
+    assert readout_selection([0.05, 0.04, 0.06, 0.03]) == []  # sum 0.18
+    assert readout_selection([0.5] * 4) == [0, 1]  # ties: the earlier candidates
+    assert readout_selection([0.185, 0.973, 0.065, 0.987]) == [1, 3]
+    with pytest.raises(ValueError, match=r"^readout: 'mode' is unknown; use one of expected_count, threshold\.$"):
+        readout_selection(probs, 'mode')
+    net = ACLASuperEDSR(num_feat=8, num_block=3, num_keys=4).eval()
+    with torch.no_grad():
+        net.arch_logits.copy_(torch.tensor([-1.0, -0.5, -1.5]))  # P 0.27, 0.38, 0.18: sum 0.83, one position
+    assert net.selected_positions() == [2]
+    assert net.position_gates(1).tolist() == [0.0, 1.0, 0.0]  # evaluation computes the selection
+
+
+def test_alternate_architecture_step_differentiates_the_logits_alone(tmp_path, data):
+    opt = search_options(tmp_path, 0.2, 2, mode='alternate')
+    torch.manual_seed(0)
+    model = build_model(opt)
+    net = model.get_bare_model(model.net_g)
+    weights_before = {k: v.detach().clone() for k, v in net.named_parameters() if k != 'arch_logits'}
+    logits_before = net.arch_logits.detach().clone()
+    batch = next(toy_batches(data, 1))
+    model.feed_data(batch)
+    held_out = 2  # arch_fraction 0.5 of 4
+    model._step(1, (model.optimizer_arch, ), batch['lq'][-held_out:], batch['gt'][-held_out:], logits_only=True)
+    assert all(p.grad is None for k, p in net.named_parameters() if k != 'arch_logits')
+    assert net.arch_logits.grad is not None and (net.arch_logits.detach() != logits_before).all()
+    assert all(torch.equal(v, weights_before[k]) for k, v in net.named_parameters() if k != 'arch_logits')
 
 
 def test_position_selection_formats_as_a_list():
@@ -189,8 +260,8 @@ def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path
     if lam == 0:
         assert result['positions'] == [1, 2, 3]
         assert min(probs) > 0.8  # rose from sigmoid(1.0) = 0.73: the search found them useful
-    else:
-        assert result['positions'] == [] and max(probs) < 0.3  # from sigmoid(1.0) = 0.73
+    else:  # from sigmoid(1.0) = 0.73: sum P < 0.5, the expected-count readout selects nothing
+        assert result['positions'] == [] and sum(probs) < 0.5
         config = yaml.safe_load(open(tmp_path / CONFIG_FILE))
         assert config['network_g']['attention'] == 'none' and config['network_g']['insert_positions'] == []
     if mode == 'alternate':
@@ -214,6 +285,7 @@ def test_fused_sampling_moves_the_logits_as_the_gather_did(tmp_path, data):
         assert set_sampling_method(net, method) == 3
         run_search(opt, data, model=model)
         logits[method] = net.arch_logits.detach().clone()
+        net.readout = 'threshold'
         assert net.selected_positions() == [p for p, v in zip(net.insert_positions, logits[method].tolist()) if v > 0]
     initial = torch.full_like(logits['gather'], 1.0)
     assert (logits['gather'] - initial).abs().min() > 1e-3  # every logit moved
@@ -255,6 +327,10 @@ def test_bad_search_options_fail_with_one_clear_line(tmp_path):
         build_model(opt)
     with pytest.raises(OptionError, match=r"^train\.search: unknown option 'tempreature_end'; did you mean 'temperature_end'\?"):
         build_model(search_options(tmp_path, 0, 4, tempreature_end=0.1))
+    with pytest.raises(OptionError, match=r"^train\.search\.readout: expected 'expected_count' or 'threshold', got 'top'"):
+        build_model(search_options(tmp_path, 0, 4, readout='top'))
+    with pytest.raises(OptionError, match=r'^train\.search\.ramp_iter: -1 is out of range; give an integer >= 0\.$'):
+        build_model(search_options(tmp_path, 0, 4, ramp_iter=-1))
     with pytest.raises(OptionError, match=r'^network_g\.type: EDSR is not a position supernet'):
         opt = search_options(tmp_path, 0, 4)
         opt['network_g'] = {'type': 'EDSR', 'num_feat': 8, 'num_block': 1, 'upscale': 2}

@@ -35,8 +35,10 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   nothing, in training as in evaluation, and the output depends on the absolute gate level (renormalising
   ``w * z / sum(w * z)`` cancels a common shift of the gate logits, so training could not learn how many keys
   to keep). A query whose keys are all closed gets a zero update (the module is an identity there).
-- Key layers removed by ``layer_weights`` (the insert-position supernet) are masked before the softmax, in log
-  space (``a + log(lw)``, ``-inf`` where lw = 0), so a hard selection computes exactly the network without them.
+- Key layers weighted by ``layer_weights`` (the insert-position supernet) multiply their exponentials inside the
+  softmax (``softmax(a + log lw)``, computed in product form): lw = 0 removes a layer exactly, so a hard selection
+  computes the network without it, and a removed layer still gets the relaxed gradient ``d w / d lw`` that a
+  straight-through position gate needs (:meth:`CrossLayerAttention.key_weights`).
 - MACs: every open key costs its offsets and logit (3 C per pixel) and its aggregation (4 C, the bilinear
   corners); the gate logits of all K keys are computed to know which keys are open. :meth:`CrossLayerAttention.macs`
   counts them for a given number of open keys, :meth:`AdaptiveCrossLayerAttention.expected_macs` as a
@@ -49,8 +51,10 @@ from torch.utils.checkpoint import checkpoint
 
 # Default memory budget of one attention step (MiB): above it keys or queries are processed in chunks.
 DEFAULT_MAX_MEMORY_MB = 1024
-# Smallest key-layer weight taken to the log (the gradient through log(0) would be NaN); an exact 0 is -inf.
+# Smallest key-layer weight taken to the log for the softmax's shift; a layer weighted exactly 0 has none.
 LOG_FLOOR = 1e-30
+# Largest exponent of a removed key layer's logits above the shift (float32 sums of K*L such terms stay finite).
+EXP_CAP = 60.0
 # Approximate bytes per element in forward + backward (measured with a fresh-process peak-RSS probe):
 # a gathered (key, corner, pixel) entry: indices, corner weights and their intermediates (autograd's backward);
 _BYTES_PER_GATHER_ENTRY = 100
@@ -477,7 +481,9 @@ class CrossLayerAttention(nn.Module):
     """
 
     heads_per_key = 3  # 1x1 conv output channels per key and key layer: 2 offsets + 1 logit
-    gated_heads_per_key = 3  # of which a closed key does not need (its offsets and logit)
+    # of which a closed key does not need: its 2 offsets (its logit is needed: the softmax runs over all K*L logits
+    # before the gates multiply, docs/cla_acla.md)
+    gated_heads_per_key = 2
     # how sample_keys aggregates the keys (a runtime choice, not a YAML key: every method computes the same
     # function); set it on a whole network with set_sampling_method, e.g. 'grid_sample' for an ONNX export
     sampling_method = 'fused'
@@ -509,17 +515,31 @@ class CrossLayerAttention(nn.Module):
     def key_weights(self, x, layer_weights=None):
         """Weights of the K*L keys of every query pixel: (B, L, K, H, W), summing to at most 1.
 
-        ``softmax_{l,k}(a_{lk} + log lw_l) * z_{lk}``: the key-layer weights ``lw`` (supernet) enter in log space
-        before the softmax, the key gates ``z`` (ACLA) multiply after it, without renormalisation.
+        ``lw_l exp(a_lk) / sum_{l'k'} lw_l' exp(a_l'k') * z_lk``: a softmax over the keys' logits ``a`` in which the
+        key-layer weights ``lw`` (supernet) multiply each layer's exponentials, i.e. ``softmax(a + log lw)``, and the
+        key gates ``z`` (ACLA) multiply after it, without renormalisation. The weights are computed in that product
+        form rather than in log space so that a layer weighted 0 (a closed candidate under straight-through
+        position gates) still gets the gradient of the relaxation, ``d w / d lw_l = exp(a_l - m) / S`` (finite at
+        ``lw_l = 0``; ``log(lw)`` would pass 0 there). ``m`` is the largest ``a + log lw`` of the layers that exist,
+        so no exponential of an existing layer exceeds 1 and the sum ``S >= 1``; a removed layer's exponential is
+        capped at ``exp(EXP_CAP)`` (its weight is 0 whatever it is), so a removed layer is removed exactly however
+        large its logits are.
         """
         b, _, h, w = x.shape
         logits = self.logit(x).view(b, self.num_key_layers, self.num_keys, h, w)
-        if layer_weights is not None:
-            layer_weights = torch.as_tensor(layer_weights, dtype=x.dtype, device=x.device)
+        if layer_weights is None:
+            weights = logits.view(b, -1, h, w).softmax(1).view(b, self.num_key_layers, self.num_keys, h, w)
+        else:
+            dtype = torch.promote_types(logits.dtype, torch.float32)  # exponentials in float32 under autocast
+            logits = logits.to(dtype)
+            layer_weights = torch.as_tensor(layer_weights, device=x.device).to(dtype)
             layer_weights = layer_weights.reshape(-1, self.num_key_layers, 1, 1, 1)
-            masked = torch.log(layer_weights.clamp_min(LOG_FLOOR))
-            logits = logits + torch.where(layer_weights > 0, masked, torch.full_like(masked, float('-inf')))
-        weights = logits.view(b, -1, h, w).softmax(1).view(b, self.num_key_layers, self.num_keys, h, w)
+            with torch.no_grad():
+                scores = logits + torch.log(layer_weights.clamp_min(LOG_FLOOR))
+                scores = torch.where(layer_weights > 0, scores, torch.full_like(scores, float('-inf')))
+                shift = scores.amax((1, 2), keepdim=True)
+            exps = torch.exp((logits - shift).clamp(max=EXP_CAP)) * layer_weights
+            weights = (exps / exps.sum((1, 2), keepdim=True)).to(x.dtype)
         mask = self.key_mask(x)
         return weights if mask is None else weights * mask
 
@@ -587,15 +607,17 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
     """Adaptive Cross-Layer Attention (ACLA), ACLA paper Sec. 3.2 and Table 8: CLA with a learned gate per key.
 
     A 1x1 conv (``gate``) predicts one gate logit g per key from the query; the key is open with probability
-    sigmoid(g). Training: ``z = [g + log u - log(1 - u) > 0]``, u ~ U(0, 1), a hard binary sample in the
-    forward pass whose backward pass is the gradient of its relaxation ``sigmoid((g + log u - log(1 - u)) / t)``
+    sigmoid(g). Training: ``z = [g + s (log u - log(1 - u)) > 0]``, u ~ U(0, 1), a hard binary sample in the
+    forward pass whose backward pass is the gradient of its relaxation ``sigmoid((g + s (log u - log(1 - u))) / t)``
     (straight-through Gumbel-sigmoid; with ``straight_through=False`` the relaxed value itself is used, a
-    binary concrete gate). Evaluation: ``z = [g > 0]``. The gates multiply the softmax weights without
+    binary concrete gate). Evaluation: ``z = [g > 0]``. The noise scale ``s`` (:attr:`noise`, 1 at first) is
+    annealed towards 0 by ``train.gate_temperature.noise_end``, so that the last training steps open the keys that
+    evaluation opens (at s = 1 training opens a fraction E[sigmoid(g)], evaluation the fraction of g > 0). The gates multiply the softmax weights without
     renormalisation, so a closed key contributes nothing and shifting every gate logit changes the training
     output as it changes the evaluation output (:meth:`CrossLayerAttention.key_weights`).
 
     Observable after each forward pass: :attr:`last_active_keys` ((L,) mean number of open keys per key layer,
-    detached); after each training pass :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g),
+    detached); after each training pass :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g / max(s, t)),
     differentiable: the expectation the MAC penalty uses). Evaluation passes also accumulate the open keys until
     :meth:`reset_key_stats` (:meth:`measured_active_keys`), for the effective MACs of a trained network.
 
@@ -623,6 +645,7 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
                  max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__(num_feat, num_key_layers, num_keys, max_memory_mb)
         self.temperature = temperature
+        self.noise = 1.0
         self.straight_through = straight_through
         self.gate = nn.Conv2d(num_feat, num_keys * num_key_layers, 1)
         nn.init.zeros_(self.gate.weight)
@@ -641,12 +664,24 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
             raise ValueError(f'temperature: {value!r} must be > 0.')
         self._temperature = float(value)
 
+    @property
+    def noise(self):
+        """Scale s of the logistic gate noise in training, ``z = [g + s L > 0]`` (1: a Bernoulli(sigmoid(g))
+        sample; 0: the evaluation gate [g > 0]); annealed by ``train.gate_temperature.noise_end``."""
+        return self._noise
+
+    @noise.setter
+    def noise(self, value):
+        if not float(value) >= 0:
+            raise ValueError(f'gate noise: {value!r} must be >= 0.')
+        self._noise = float(value)
+
     def key_mask(self, x):
         b, _, h, w = x.shape
         logits = self.gate(x).view(b, self.num_key_layers, self.num_keys, h, w)
         if self.training:
             u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
-            noisy = logits + torch.log(u) - torch.log1p(-u)
+            noisy = logits + self.noise * (torch.log(u) - torch.log1p(-u))
             gates = torch.sigmoid(noisy / self.temperature)
             if self.straight_through:
                 gates = (noisy > 0).to(gates) + (gates - gates.detach())  # exactly hard in forward
@@ -654,8 +689,8 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
             gates = (logits > 0).to(logits)
         active = gates.detach().sum(2)
         self.last_active_keys = active.mean((0, 2, 3))
-        if self.training:  # the expectation the MAC term differentiates
-            self.expected_open_keys = torch.sigmoid(logits).sum(2).mean((0, 2, 3))
+        if self.training:  # the expectation the MAC term differentiates: P(g + s L > 0) = sigmoid(g / s)
+            self.expected_open_keys = torch.sigmoid(logits / max(self.noise, self.temperature)).sum(2).mean((0, 2, 3))
         else:
             self._key_sum = self._key_sum.to(active) + active.sum((0, 2, 3))
             self._key_count += active[:, 0].numel()

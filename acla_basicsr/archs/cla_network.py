@@ -152,11 +152,14 @@ class CrossLayerAttentionMixin:
         return {f'keys_p{position}_{name}': value
                 for position, layers in self.active_keys().items() for name, value in layers.items()}
 
-    def set_temperature(self, temperature):
-        """Set the gate temperature of every ACLA module (RestorationModel's ``train.gate_temperature`` schedule)."""
+    def set_temperature(self, temperature, noise=None):
+        """Set the gate temperature (and the gate noise scale, unless None) of every ACLA module
+        (RestorationModel's ``train.gate_temperature`` schedule)."""
         for module in self.attention:
             if hasattr(module, 'temperature'):
                 module.temperature = temperature
+                if noise is not None:
+                    module.noise = noise
 
     def reset_key_stats(self):
         """Forget the open keys that evaluation passes accumulated (see :meth:`measured_active_keys`)."""

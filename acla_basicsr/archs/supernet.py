@@ -11,8 +11,9 @@ The ACLA paper reports only the outcome of its insert-position search (Table 9);
   ``tau`` is :attr:`position_temperature`, annealed by the search model. With
   :attr:`position_straight_through` the forward pass uses the hard sample ``[z_p > 0.5]`` and the backward
   pass the relaxed gradient.
-- Evaluation: deterministic hard gates ``[sigmoid(alpha_p) > 0.5]``; closed candidates are skipped and their
-  key layers masked out before the softmax, so the supernet in eval mode computes exactly what the final
+- Evaluation: deterministic hard gates of the selected positions (:func:`readout_selection`: the round(sum P)
+  most probable candidates by default, or those with P > 0.5); closed candidates are skipped and their
+  key layers removed from the softmax, so the supernet in eval mode computes exactly what the final
   network with the open positions computes with :meth:`PositionSearchMixin.final_state_dict` (tested).
 - Candidate p's query is the feature after its block; its key layers are the head feature (weight 1) and
   the features at the earlier candidates q < p (before their attention), each weighted by ``z_q`` through
@@ -27,6 +28,7 @@ The ACLA paper reports only the outcome of its insert-position search (Table 9);
   term as in the final training (RestorationModel's ``train.macs_penalty``). For 0/1 probabilities and every
   key open this is the attention MACs of the final network as torch's flop counter counts them (tested).
 """
+import math
 from collections import OrderedDict
 
 import torch
@@ -35,9 +37,13 @@ from torch import nn as nn
 
 from .cla_network import check_insert_positions
 
-# Initial architecture logit: sigmoid(2) = 0.88, every candidate starts open; the MAC penalty must earn
-# each closure against the reconstruction loss.
+# Initial architecture logit: sigmoid(2) = 0.88, every candidate starts open and is trained as query and key in
+# most steps of the weights' warm-up; the MAC term has to earn every closure (a start at P = 0.5 closed every
+# position of the demo at lambda 0.15: docs/search.md).
 POSITION_LOGIT_INIT = 2.0
+# How the final positions are read from the gate probabilities (readout_selection).
+READOUTS = ('expected_count', 'threshold')
+DEFAULT_READOUT = 'expected_count'
 
 
 def check_candidates(candidates, num_positions, unit):
@@ -55,6 +61,30 @@ def check_candidates(candidates, num_positions, unit):
         return check_insert_positions(candidates, num_positions, unit, 'acla')
     except ValueError as error:
         raise ValueError(str(error).replace('insert_positions', 'candidates', 1)) from None
+
+
+def readout_selection(probs, readout=DEFAULT_READOUT):
+    """Indices of the candidates a search selects from their gate probabilities, in increasing order.
+
+    ``'expected_count'``: the ``n = round(sum_p P_p)`` most probable candidates (ties: the earlier one), i.e. the
+    most probable selection among those of the expected size ``E[number open] = sum_p P_p`` under independent
+    Bernoulli(P_p) gates (with ``n`` fixed, ``prod P_p^z_p (1 - P_p)^(1 - z_p)`` is largest for the n largest
+    P_p). Near the symmetric point where every P is below 0.5 but their sum is a handful, this still selects that
+    handful (docs/search.md). ``'threshold'``: every candidate with P > 0.5 (the mode of each gate alone).
+
+    Args:
+        probs (list[float]): P(open) of each candidate.
+        readout (str): 'expected_count' or 'threshold'. Default: 'expected_count'.
+
+    Returns:
+        list[int]: Indices into ``probs``.
+    """
+    if readout == 'threshold':
+        return [i for i, p in enumerate(probs) if p > 0.5]
+    if readout != 'expected_count':
+        raise ValueError(f"readout: '{readout}' is unknown; use one of {', '.join(READOUTS)}.")
+    count = int(math.floor(sum(probs) + 0.5))
+    return sorted(sorted(range(len(probs)), key=lambda i: (-probs[i], i))[:count])
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -104,6 +134,7 @@ class PositionSearchMixin:
         self.arch_logits = nn.Parameter(torch.full((len(self.insert_positions), ), float(position_logit_init)))
         self.position_temperature = 1.0
         self.position_straight_through = False
+        self.readout = DEFAULT_READOUT
 
     @property
     def position_temperature(self):
@@ -122,14 +153,19 @@ class PositionSearchMixin:
         return torch.sigmoid(self.arch_logits.detach())
 
     def selected_positions(self):
-        """Candidates whose gate probability is above 0.5 (the positions of the final network)."""
-        return [p for p, open_ in zip(self.insert_positions, (self.arch_logits.detach() > 0).tolist()) if open_]
+        """The positions of the final network: :func:`readout_selection` of the gate probabilities with
+        :attr:`readout` (set by the search model from ``train.search.readout``)."""
+        chosen = readout_selection(self.gate_probabilities().cpu().tolist(), self.readout)
+        return [self.insert_positions[i] for i in chosen]
 
     def position_gates(self, batch):
-        """Gates of the candidates: (batch, P) relaxed samples in training, (P,) hard 0/1 gates in eval."""
+        """Gates of the candidates: (batch, P) relaxed samples in training, (P,) hard 0/1 gates of the
+        :meth:`selected_positions` in eval."""
         logits = self.arch_logits
         if not self.training:
-            return (logits.detach() > 0).to(logits.dtype)
+            chosen = set(self.selected_positions())
+            return torch.tensor([float(p in chosen) for p in self.insert_positions], dtype=logits.dtype,
+                                device=logits.device)
         u = torch.rand(batch, logits.numel(), device=logits.device, dtype=logits.dtype).clamp_(1e-6, 1 - 1e-6)
         noisy = logits + torch.log(u) - torch.log1p(-u)
         soft = torch.sigmoid(noisy / self.position_temperature)

@@ -55,7 +55,7 @@ class ACLASearchModel(RestorationModel):
         self.search = self.check_options(opt) if opt.get('is_train') else None
         if self.search is not None:  # RestorationModel's MAC term, with the search's lambda and size
             self.macs_penalty = {'lambda': self.search['lambda'], 'macs_size': self.search['macs_size'],
-                                 'start_iter': 0}
+                                 'start_iter': 0, 'ramp_iter': self.search['ramp_iter']}
         # the options before training pops optimizer and scheduler types out of them, for the export
         self.source_opt = copy.deepcopy(opt)
         self.last_iter = 0
@@ -87,6 +87,7 @@ class ACLASearchModel(RestorationModel):
         for group in self.optimizer_arch.param_groups:
             group.setdefault('initial_lr', group['lr'])  # for basicsr's warm-up, which rescales every optimizer
         net.position_straight_through = self.search['straight_through']
+        net.readout = self.search['readout']
 
     def setup_schedulers(self):
         """The scheduler drives the weights' learning rate; the logits' stays constant.
@@ -101,13 +102,17 @@ class ACLASearchModel(RestorationModel):
     def temperature(self, current_iter):
         return search_temperature(self.search, current_iter)
 
-    def _step(self, current_iter, optimizers, lq, gt):
+    def _step(self, current_iter, optimizers, lq, gt, logits_only=False):
+        """One forward/backward/step; ``logits_only``: the architecture step of ``mode: alternate``, which
+        differentiates the architecture logits alone (on the bare network, outside DDP)."""
         for optimizer in (self.optimizer_g, self.optimizer_arch):
             optimizer.zero_grad()
         self.lq, self.gt = lq, gt
-        self.output = self.net_g(lq)
+        net = self.get_bare_model(self.net_g)
+        self.output = (net if logits_only else self.net_g)(lq)
         loss_dict = self.compute_losses(current_iter)
-        self.backward_and_step(loss_dict, optimizers, current_iter)  # with RestorationModel's divergence guard
+        # with RestorationModel's divergence guard
+        self.backward_and_step(loss_dict, optimizers, current_iter, [net.arch_logits] if logits_only else None)
         return loss_dict
 
     def optimize_parameters(self, current_iter):
@@ -125,7 +130,8 @@ class ACLASearchModel(RestorationModel):
         else:
             held_out = min(lq.shape[0] - 1, max(1, math.ceil(lq.shape[0] * self.search['arch_fraction'])))
             loss_dict = self._step(current_iter, (self.optimizer_g, ), lq[:-held_out], gt[:-held_out])
-            arch_terms = self._step(current_iter, (self.optimizer_arch, ), lq[-held_out:], gt[-held_out:])
+            arch_terms = self._step(current_iter, (self.optimizer_arch, ), lq[-held_out:], gt[-held_out:],
+                                    logits_only=True)
             loss_dict.update((f'{k}_arch', v) for k, v in arch_terms.items() if k != 'l_macs')
             self.lq, self.gt = lq, gt
         self.log_dict = self.reduce_loss_dict(loss_dict)
@@ -134,7 +140,7 @@ class ACLASearchModel(RestorationModel):
         self.log_dict.update(self.search_stats())
 
     def search_stats(self):
-        """Temperature, expected added MACs / backbone MACs, and the selection (P > 0.5) for the log line."""
+        """Temperature, expected added MACs / backbone MACs, and the selection (the readout's) for the log line."""
         net = self.get_bare_model(self.net_g)
         return OrderedDict(temp=net.position_temperature, macs_ratio=getattr(self, 'macs_ratio', float('nan')),
                            sel=PositionSelection(net.selected_positions()))
@@ -158,13 +164,14 @@ class ACLASearchModel(RestorationModel):
         root = self.opt['path']['experiments_root']
         probs = net.gate_probabilities().cpu().tolist()
         iterations, history = update_history(osp.join(root, HISTORY_FILE), current_iter, net.insert_positions, probs)
-        image = write_heatmap(osp.join(root, HEATMAP_FILE), iterations, net.insert_positions, history)
+        image = write_heatmap(osp.join(root, HEATMAP_FILE), iterations, net.insert_positions, history, net.readout)
         positions, _, config_path = export_search(root, self.source_opt, net, current_iter, self.search,
                                                   self.opt.get('root_path'))
         height, width = self.search['macs_size']
         ratio = net.expected_attention_macs(height, width).item() / net.backbone_macs(height, width)
         probs_text = ', '.join(f'{p}: {v:.3f}' for p, v in zip(net.insert_positions, probs))
-        get_root_logger().info(f'Search at iter {current_iter}: positions {positions} (P > 0.5); '
+        get_root_logger().info(f'Search at iter {current_iter}: positions {positions} (readout {net.readout}, '
+                               f'sum P = {sum(probs):.2f}); '
                                f'expected added MACs {100 * ratio:.2f} % of the backbone; P(open) = {{{probs_text}}}; '
                                f'final network config: {config_path}')
         if tb_logger:

@@ -22,7 +22,7 @@ from acla_basicsr.inference.tiles import TILE_PAD, TILE_SIZE
 from acla_basicsr.option_spec import Option, read_section
 from .divergence import DIVERGENCE_OPTIONS, DivergenceGuard
 from .schedule_options import (GATE_TEMPERATURE_OPTIONS, MACS_PENALTY_OPTIONS, anneal, check_gate_temperature,
-                               check_macs_penalty)
+                               check_macs_penalty, gate_noise, macs_weight)
 
 TILE_OPTIONS = {'tile_size': TILE_SIZE, 'tile_pad': TILE_PAD}
 
@@ -57,11 +57,12 @@ class RestorationModel(SRModel):
       (the degraded input; default when scale is 1) or ``~`` for none. Subclasses and datasets
       with other degradations add entries to :attr:`reference_functions`.
 
-    - ``train.gate_temperature: {start, end, iters, mode}``: the temperature of ACLA's key-gate
-      relaxation, annealed (``exp`` or ``linear``) and set before every step on a network that has
-      ``set_temperature``; logged as ``gate_temp``.
-    - ``train.macs_penalty: {lambda, macs_size, start_iter}``: the objective becomes
-      ``L_rec * (1 + lambda * E[added MACs] / backbone MACs)`` with the expectation over the network's
+    - ``train.gate_temperature: {start, end, iters, mode, noise_end}``: the temperature of ACLA's key-gate
+      relaxation, annealed (``exp`` or ``linear``), and the scale of the gate noise (1 -> ``noise_end``,
+      linear), set before every step on a network that has ``set_temperature``; logged as ``gate_temp`` and
+      ``gate_noise``.
+    - ``train.macs_penalty: {lambda, macs_size, start_iter, ramp_iter}``: the objective becomes
+      ``L_rec * (1 + lambda_t * E[added MACs] / backbone MACs)`` (lambda_t ramped in) with the expectation over the network's
       gates (``expected_attention_macs``, e.g. ACLA's open keys); the ratio is logged as ``macs_ratio``
       and the added term as ``l_macs`` (see :mod:`acla_basicsr.models.schedule_options`).
     - ``val.tile: {tile_size: 256, tile_pad: 16}``: validation and testing run the network tile by tile
@@ -168,13 +169,23 @@ class RestorationModel(SRModel):
             ratio = net.expected_attention_macs(height, width) / net.backbone_macs(height, width)
             self.macs_ratio = ratio.item()
             rec = sum(terms.values())
-            terms['l_macs'] = rec * (penalty['lambda'] * ratio).to(rec.dtype)  # L_rec * (1 + lambda * ratio)
+            weight = macs_weight(penalty, current_iter)
+            terms['l_macs'] = rec * (weight * ratio).to(rec.dtype)  # L_rec * (1 + lambda_t * ratio)
         return terms
 
-    def backward_and_step(self, loss_dict, optimizers, current_iter):
+    def backward_and_step(self, loss_dict, optimizers, current_iter, inputs=None):
         """Backpropagate the sum of the terms and step ``optimizers``, unless the divergence guard skips the
-        step or stops the run (:mod:`acla_basicsr.models.divergence`). Return whether the step was taken."""
-        sum(loss_dict.values()).backward()
+        step or stops the run (:mod:`acla_basicsr.models.divergence`). Return whether the step was taken.
+
+        With ``inputs`` (a list of leaf tensors) only their gradients are computed (``Tensor.backward(inputs=...)``:
+        the weights' are skipped); the forward pass then ran on the bare network, outside DDP, so their gradients
+        are averaged over the ranks here.
+        """
+        sum(loss_dict.values()).backward(inputs=inputs)
+        if inputs is not None and self.opt.get('dist'):
+            for tensor in inputs:
+                torch.distributed.all_reduce(tensor.grad)
+                tensor.grad /= torch.distributed.get_world_size()
         named = list(self.get_bare_model(self.net_g).named_parameters())
         if not self.divergence_guard.check_step(loss_dict, named, current_iter, get_root_logger()):
             for optimizer in optimizers:
@@ -193,7 +204,8 @@ class RestorationModel(SRModel):
             schedule = self.gate_temperature
             stats['gate_temp'] = anneal(schedule['start'], schedule['end'], schedule['iters'], current_iter,
                                         schedule['mode'])
-            net.set_temperature(stats['gate_temp'])
+            stats['gate_noise'] = gate_noise(schedule, current_iter)
+            net.set_temperature(stats['gate_temp'], stats['gate_noise'])
         return stats
 
     def step_stats(self):

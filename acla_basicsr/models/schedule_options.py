@@ -3,14 +3,19 @@
 Both are read by :class:`~acla_basicsr.models.restoration_model.RestorationModel` from ``train`` and declared
 with :mod:`acla_basicsr.option_spec` (docs/options.md lists them):
 
-- ``gate_temperature: {start, end, iters, mode}``: the temperature of the relaxation of ACLA's key gates, set on
-  every network that has ``set_temperature`` before each training step; ``exp`` (geometric, default) or
-  ``linear`` from ``start`` to ``end`` over ``iters`` iterations (default: ``train.total_iter``), then constant.
-  A function of the iteration only, so a resumed run continues the schedule.
-- ``macs_penalty: {lambda, macs_size, start_iter}``: the objective becomes
-  ``L_rec * (1 + lambda * E[added MACs] / backbone MACs)`` (docs/search.md says why multiplicative), with the
+- ``gate_temperature: {start, end, iters, mode, noise_end}``: the temperature of the relaxation of ACLA's key
+  gates, set on every network that has ``set_temperature`` before each training step; ``exp`` (geometric,
+  default) or ``linear`` from ``start`` to ``end`` over ``iters`` iterations (default: ``train.total_iter``), then
+  constant. The scale of the gates' logistic noise falls linearly from 1 to ``noise_end`` (default 0) over the
+  same iterations, so that the gates of the last training steps are the evaluation gates ``[g > 0]``. A function
+  of the iteration only, so a resumed run continues the schedule.
+- ``macs_penalty: {lambda, macs_size, start_iter, ramp_iter}``: the objective becomes
+  ``L_rec * (1 + lambda_t * E[added MACs] / backbone MACs)`` (docs/search.md says why multiplicative), with the
   expectation over the network's gates (``expected_attention_macs``) at an LR input of ``macs_size`` (default:
-  the training patch, ``gt_size // scale``), from iteration ``start_iter`` on. The insert-position search uses
+  the training patch, ``gt_size // scale``), from iteration ``start_iter`` on, ``lambda_t`` rising linearly from 0
+  to ``lambda`` over ``ramp_iter`` iterations (:func:`macs_weight`). The zero-initialised output projection
+  gives the key gates no reconstruction gradient at first, so a MAC term at full weight from the first step
+  would close keys by its sign alone under Adam (docs/cla_acla.md). The insert-position search uses
   the same term with ``train.search.lambda``.
 """
 from acla_basicsr.errors import OptionError
@@ -21,6 +26,8 @@ GATE_TEMPERATURE_OPTIONS = {
     'end': Option('float', 1.0, 'Temperature after `iters` iterations.', low=0, low_open=True),
     'iters': Option('int', None, 'Iterations of the annealing (~: train.total_iter).', low=1),
     'mode': Option('exp|linear', 'exp', 'Geometric (exp) or linear annealing.'),
+    'noise_end': Option('float', 0.0, 'Scale of the logistic gate noise after `iters` (1 at iteration 0, linear); '
+                        '0: the last steps open the keys evaluation opens.', low=0, high=1),
 }
 MACS_SIZE = Option('int|list', None, 'LR input size (one side, or [height, width]) at which MACs are counted '
                    '(~: datasets.train.gt_size // scale).', low=1)
@@ -29,6 +36,7 @@ MACS_PENALTY_OPTIONS = {
                      low=0, required=True),
     'macs_size': MACS_SIZE,
     'start_iter': Option('int', 0, 'First iteration with the MAC term.', low=0),
+    'ramp_iter': Option('int', 0, 'Iterations after start_iter over which lambda rises linearly from 0.', low=0),
 }
 
 
@@ -38,6 +46,20 @@ def anneal(start, end, iters, current_iter, mode='exp'):
     if mode == 'linear':
         return start + (end - start) * progress
     return start * (end / start)**progress
+
+
+def macs_weight(penalty, current_iter):
+    """``lambda_t`` of a checked MAC term at an iteration: 0 up to ``start_iter``, then a linear ramp to ``lambda``
+    over ``ramp_iter`` iterations (immediately with ``ramp_iter: 0``)."""
+    if current_iter <= penalty['start_iter']:
+        return 0.0
+    ramp = penalty.get('ramp_iter', 0)
+    return penalty['lambda'] * (min(1.0, (current_iter - penalty['start_iter']) / ramp) if ramp else 1.0)
+
+
+def gate_noise(schedule, current_iter):
+    """Scale of the key gates' logistic noise at an iteration: linear from 1 to ``noise_end`` over ``iters``."""
+    return anneal(1.0, schedule['noise_end'], schedule['iters'], current_iter, 'linear')
 
 
 def check_gate_temperature(opt):

@@ -20,6 +20,10 @@ SEARCH_OPTIONS = {
     'arch_fraction': Option('float', 0.5, 'Part of each batch that steps the logits in mode alternate.', low=0,
                             high=1, low_open=True, high_open=True),
     'arch_start_iter': Option('int', 0, 'First iteration that steps the architecture logits.', low=0),
+    'ramp_iter': Option('int', None, 'Iterations over which lambda rises from 0 on the key gates (~: arch_start_iter).',
+                        low=0),
+    'readout': Option('expected_count|threshold', 'expected_count', 'Final positions: the round(sum P) most '
+                      'probable candidates (expected_count) or those with P > 0.5 (threshold).'),
     'macs_size': MACS_SIZE,
     'final_config': Option('str', None, "The task's training config whose recipe train_searched.yml takes."),
 }
@@ -51,6 +55,8 @@ def check_search_options(opt):
     given = {k: v for k, v in train['search'].items() if k != 'final_config_path'}  # added by an earlier check
     result = read_section(given, SEARCH_OPTIONS, 'train.search')
     result['anneal_iter'] = int(result['anneal_iter'] or train.get('total_iter') or 1)
+    if result['ramp_iter'] is None:
+        result['ramp_iter'] = result['arch_start_iter']
     train_set = (opt.get('datasets') or {}).get('train') or {}
     if result['mode'] == 'alternate' and int(train_set.get('batch_size_per_gpu', 0)) < 2:
         raise OptionError('datasets.train.batch_size_per_gpu: mode alternate splits each batch into a weights part '

@@ -2,7 +2,8 @@
 
 Unregistered helpers of :class:`~acla_basicsr.models.acla_search_model.ACLASearchModel`, which writes
 ``gate_history.csv`` (one row per validation: ``iter,p<position>,...``) and ``gate_heatmap.png`` (rows:
-insert positions, columns: search iterations, colour: P(open) on viridis; a dot marks P > 0.5) into the
+insert positions, columns: search iterations, colour: P(open) on viridis; a dot marks the selection that
+``train.search.readout`` reads from that column) into the
 experiment folder, and logs the heat map to tensorboard. Drawn with matplotlib's Agg backend (no display).
 """
 import csv
@@ -12,6 +13,7 @@ import os.path as osp
 import numpy as np
 
 from acla_basicsr import fileio
+from acla_basicsr.archs.supernet import DEFAULT_READOUT, readout_selection
 
 HISTORY_FILE = 'gate_history.csv'
 HEATMAP_FILE = 'gate_heatmap.png'
@@ -56,7 +58,7 @@ def update_history(path, iteration, positions, probs):
     return [i for i, _ in kept], np.array([r for _, r in kept])
 
 
-def draw_heatmap(iterations, positions, probs, title='gate probability P(open)'):
+def draw_heatmap(iterations, positions, probs, title='gate probability P(open)', readout=DEFAULT_READOUT):
     """The heat map of gate probabilities as an RGB uint8 image (rows: positions, columns: iterations).
 
     Args:
@@ -64,6 +66,8 @@ def draw_heatmap(iterations, positions, probs, title='gate probability P(open)')
         positions (list[int]): Insert positions, 1-indexed blocks or groups (rows).
         probs (ndarray): (iterations, positions) probabilities in [0, 1].
         title (str): The title. Default: 'gate probability P(open)'.
+        readout (str): How a selection is read from a column (:func:`readout_selection`), marked by dots.
+            Default: 'expected_count'.
 
     Returns:
         ndarray: (H, W, 3) RGB uint8.
@@ -75,8 +79,10 @@ def draw_heatmap(iterations, positions, probs, title='gate probability P(open)')
     fig = Figure(figsize=(2.5 + 0.5 * min(len(iterations), 24), 1.2 + 0.3 * len(positions)), dpi=100)
     ax = fig.add_subplot()
     mesh = ax.imshow(probs.T, cmap='viridis', vmin=0, vmax=1, aspect='auto', interpolation='nearest')
-    rows, cols = np.nonzero(probs.T > 0.5)
-    ax.scatter(cols, rows, s=12, c='white', marker='o', label='P > 0.5')
+    dots = [(row, col) for col, column in enumerate(probs) for row in readout_selection(column.tolist(), readout)]
+    if dots:
+        rows, cols = zip(*dots)
+        ax.scatter(cols, rows, s=12, c='white', marker='o', label='selected')
     ax.set_yticks(range(len(positions)), [str(p) for p in positions])
     step = max(1, len(iterations) // 12)
     ax.set_xticks(range(0, len(iterations), step), [str(i) for i in iterations[::step]])
@@ -90,8 +96,8 @@ def draw_heatmap(iterations, positions, probs, title='gate probability P(open)')
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def write_heatmap(path, iterations, positions, probs):
+def write_heatmap(path, iterations, positions, probs, readout=DEFAULT_READOUT):
     """Draw :func:`draw_heatmap` and write it as a PNG, atomically; return the RGB image."""
-    img = draw_heatmap(iterations, positions, probs)
+    img = draw_heatmap(iterations, positions, probs, readout=readout)
     fileio.write_image(path, np.ascontiguousarray(img[..., ::-1]))
     return img
