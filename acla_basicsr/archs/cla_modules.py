@@ -37,10 +37,20 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   to keep). A query whose keys are all closed gets a zero update (the module is an identity there).
 - Key layers removed by ``layer_weights`` (the insert-position supernet) are masked before the softmax, in log
   space (``a + log(lw)``, ``-inf`` where lw = 0), so a hard selection computes exactly the network without them.
-- MACs: every open key costs its offsets and logit (3 C per pixel) and its aggregation (4 C, the bilinear
-  corners); the gate logits of all K keys are computed to know which keys are open. :meth:`CrossLayerAttention.macs`
-  counts them for a given number of open keys, :meth:`AdaptiveCrossLayerAttention.expected_macs` as a
-  differentiable expectation for the MAC penalty of training and search.
+- Sparse evaluation (ACLA, ``not self.training``): the logits and gates of every key are computed by their 1x1
+  convs (the softmax runs over all K*L logits); only the open keys then get offsets (the query vectors and the
+  offset conv's weight rows of the open (pixel, key) pairs, one ``bmm``) and aggregation (one ``F.embedding_bag``
+  with a bag of any size per query pixel, over the channels-last table of the projected key layers), and a key
+  layer without an open key in the batch (or weighted 0 by the supernet) is not projected. The same function as
+  the dense path, which training keeps (its backward) and the ONNX export uses (``sampling_method='grid_sample'``).
+- Value projections: one batched matmul for all key layers (the parameters stay the 1x1 convs ``value.{l}``), its
+  result the channels-last value table.
+- MACs (:func:`cla_macs`, the one formula): per pixel the output projection C^2, C^2 per projected key layer, C
+  per key for its logit and (ACLA) C for its gate, 2 C per open key for its offsets, and 4 C per open key for its
+  aggregation (the bilinear corners, not seen by torch's flop counter). A closed key saves its offsets and
+  aggregation, not its logit. :meth:`CrossLayerAttention.macs` counts them for a given number of open keys,
+  :meth:`AdaptiveCrossLayerAttention.expected_macs` as a differentiable expectation for the MAC penalty of
+  training and search.
 """
 import torch
 from torch import nn as nn
@@ -135,6 +145,9 @@ def _gather_from_table(table, shape, offsets, weights):
 # Approximate bytes per open key in the sparse evaluation besides its gathered query and offset weights (3 C
 # values): its indices, coordinates, 4 corner indices and weights.
 _BYTES_PER_SPARSE_ENTRY = 160
+# Largest step of the sparse evaluation (MiB), whatever the budget: measured on CPU (one thread, all keys open,
+# C=64, K=16, L=5, 48x48), one step for all keys took 2.4x the time of 32 MiB steps (fresh large allocations).
+_SPARSE_CHUNK_MB = 32
 
 
 def _sparse_corners(offsets, pixel, slot, weights, b, h, w):
@@ -165,6 +178,28 @@ def _sparse_corners(offsets, pixel, slot, weights, b, h, w):
     base = ((slot * b + batch) * (h * w)).unsqueeze(1)
     index = base + cy.clamp(0, h - 1).long() * w + cx.clamp(0, w - 1).long()
     return index.view(-1), coef.view(-1)
+
+
+def aggregate_open_keys(table, offsets, pixel, slot, weights, size):
+    """Weighted sum of the open keys of every query pixel: one ``F.embedding_bag``, a bag of any size per pixel.
+
+    Args:
+        table (Tensor): (L' * B * H * W, C) channels-last value table of the projected key layers.
+        offsets (Tensor): (N, 2) offsets (dy, dx) of the open keys, sorted by pixel.
+        pixel (Tensor): (N,) their query pixel (index into B*H*W), non-decreasing.
+        slot (Tensor): (N,) the position of their key layer among the projected layers.
+        weights (Tensor): (N,) their attention weights.
+        size (tuple[int]): (B, H, W).
+
+    Returns:
+        tuple[int, Tensor]: the first pixel and the (P, C) sums of pixels ``first .. first + P - 1`` (a pixel
+        without an open key among them gets zeros).
+    """
+    index, coef = _sparse_corners(offsets, pixel, slot, weights, *size)
+    first, last = pixel[0].item(), pixel[-1].item()
+    counts = torch.bincount(pixel - first, minlength=last - first + 1) * 4
+    return first, F.embedding_bag(index, table, counts.cumsum(0) - counts, mode='sum',
+                                  per_sample_weights=coef.to(table.dtype))
 
 
 def _gather_and_sum(values, offsets, weights):
@@ -694,22 +729,19 @@ class CrossLayerAttention(nn.Module):
         query = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         out = x.new_zeros(b * h * w, c)
         per_pair = 3 * c * x.element_size() + _BYTES_PER_SPARSE_ENTRY
-        chunk = _chunk_size(self.max_memory_mb, per_pair)
+        chunk = _chunk_size(min(self.max_memory_mb, _SPARSE_CHUNK_MB), per_pair)
         for start in range(0, pair.numel(), chunk):
             part = pair[start:start + chunk]
             pixel, key = torch.div(part, num_layers * k, rounding_mode='floor'), part % (num_layers * k)
             # offsets of the open keys only: (N, 2, C) weight rows times (N, C, 1) queries, plus the bias
-            offsets = torch.baddbmm(
-                self.offset.bias.view(-1, 2, 1).index_select(0, key),
-                self.offset.weight.view(-1, 2, c).index_select(0, key),
-                query.index_select(0, pixel).unsqueeze(2)).squeeze(2)
-            index, coef = _sparse_corners(offsets, pixel, slot.index_select(0, torch.div(key, k, rounding_mode='floor')),
-                                          weights.index_select(0, part), b, h, w)
-            first, last = pixel[0].item(), pixel[-1].item()
-            counts = torch.bincount(pixel - first, minlength=last - first + 1) * 4
-            bags = F.embedding_bag(index, table, counts.cumsum(0) - counts, mode='sum',
-                                   per_sample_weights=coef.to(table.dtype))
-            out[first:last + 1] += bags
+            # (2D row gathers: several times faster than gathering from the (L*K, 2, C) view)
+            offsets = torch.bmm(self.offset.weight.view(-1, 2 * c).index_select(0, key).view(-1, 2, c),
+                                query.index_select(0, pixel).unsqueeze(2)).squeeze(2)
+            offsets = offsets + self.offset.bias.view(-1, 2).index_select(0, key)
+            first, bags = aggregate_open_keys(table, offsets, pixel,
+                                              slot.index_select(0, torch.div(key, k, rounding_mode='floor')),
+                                              weights.index_select(0, part), (b, h, w))
+            out[first:first + bags.shape[0]] += bags
         return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
     def _count_projected_layers(self, layer_open, pixels):
