@@ -26,8 +26,9 @@ made by the file's dataset, e.g. DegradedImageDataset). PSNR and SSIM are basics
 scale (0 at scale 1).
 
 Printed: one markdown table, a row per options file (network, parameters, MACs at a 48x48 input
-from ``FlopCounterMode`` / 2, effective MACs from ``net.effective_macs(48, 48)`` where the network
-has it, otherwise the MACs; PSNR/SSIM per set as mean +- sample standard deviation over the seeds;
+by ``acla_basicsr.archs.macs.counted_macs`` (the flop counter / 2, every key computed, the uncounted key
+aggregation left out), effective MACs from ``net.effective_macs(48, 48)`` where the network has it (the keys
+ACLA kept open on the held-out sets, the aggregation of every computed key included), otherwise the MACs; PSNR/SSIM per set as mean +- sample standard deviation over the seeds;
 mean training wall time per run), then a detailed table with every seed's values. ``--out`` writes
 both (atomically) to a markdown file. Experiment folders are removed unless ``--keep``.
 
@@ -196,13 +197,14 @@ def load_network(opt, exp_dir, force=()):
     return net.eval()
 
 
-def count_macs(net, num_in_ch, size=48):
-    """Multiply-accumulates of one forward pass at a size x size input (FlopCounterMode / 2, SPEC 2)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        net(torch.rand(1, num_in_ch, size, size))
-    return counter.get_total_flops() / 2
+def count_macs(opt, force=(), size=48):
+    """Multiply-accumulates of one forward pass of the network at a size x size input (every key computed), as
+    :func:`acla_basicsr.archs.macs.counted_macs` counts them (flop counter / 2 on the meta device, SPEC 2)."""
+    from basicsr.utils.registry import ARCH_REGISTRY
+    from acla_basicsr.archs.macs import counted_macs
+    net_opt = network_options(opt, force)
+    cls = ARCH_REGISTRY.get(net_opt.pop('type'))
+    return counted_macs(lambda: cls(**net_opt), size, size, net_opt.get('num_in_ch', 3))
 
 
 def evaluate(net, opt, sets, channel):
@@ -365,7 +367,7 @@ def run(args):
             net = load_network(opt, exp_dir, args.force_yml)
             if 'params' not in row:  # before the evaluation, which gathers ACLA's open-key statistics
                 row['params'] = sum(p.numel() for p in net.parameters())
-                row['macs'] = count_macs(net, opt['network_g'].get('num_in_ch', 3))
+                row['macs'] = count_macs(opt, args.force_yml)
             metrics = evaluate(net, opt, sets[path], args.channel)
             eff = net.effective_macs(48, 48) if hasattr(net, 'effective_macs') else row['macs']
             row['runs'].append({'seed': seed, 'metrics': metrics, 'eff_macs': float(eff), 'wall': wall})

@@ -10,9 +10,10 @@ the counter gives 93.85 G.
 
 With ``-opt OPTIONS --checkpoint CKPT`` it measures a trained ACLA network instead: it runs the network on the
 LR images of ``--images`` (default: the example validation images), counts the keys its gates keep open, and
-prints its effective MACs (closed keys compute neither offsets nor logit, flop-counter convention) beside the
-dense count and the same network with CLA (every key open, no gates): ACLA Table 8's ACLA-below-CLA ordering,
-checked on a real network.
+prints its effective MACs (``net.effective_macs``: the sparse evaluation, where a closed key computes neither its
+offsets nor its aggregation and a key layer without an open key is not projected; aggregation included) beside
+the dense count and the same network with CLA (every key open, no gates), each with its aggregation: ACLA
+Table 8's ACLA-below-CLA ordering, checked on a real network.
 
 Usage: python scripts/complexity.py [--tolerance-params 2] [--tolerance-macs 3]
        python scripts/complexity.py -opt options/train/demo_ACLA_SRx2.yml \
@@ -26,10 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import acla_basicsr  # noqa: E402,F401  (makes basicsr importable, registers the archs)
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN  # noqa: E402
+from acla_basicsr.archs.macs import counted_macs  # noqa: E402
 
 EDSR_LARGE = dict(num_feat=256, num_block=32, res_scale=0.1, upscale=2)
 RCAN_X2 = dict(num_feat=64, num_group=10, num_block=20, upscale=2)
@@ -89,12 +90,15 @@ def count(cls, kwargs, size=48):
     """Parameters (M), counted MACs (G), analytic attention MACs (G) and uncounted aggregation MACs (G)."""
     backbone = EDSR_LARGE if cls is ACLAEDSR else RCAN_X2
     with torch.device('meta'):
-        net = cls(**backbone, **kwargs).eval()
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            net(torch.empty(1, 3, size, size))
+        net = cls(**backbone, **kwargs)
     params = sum(p.numel() for p in net.parameters()) / 1e6
-    aggregation = net.attention_macs(size, size, aggregation=True) - net.attention_macs(size, size)
-    return params, counter.get_total_flops() / 2e9, net.attention_macs(size, size) / 1e9, aggregation / 1e9
+    macs = counted_macs(lambda: cls(**backbone, **kwargs), size, size)
+    return params, macs / 1e9, net.attention_macs(size, size) / 1e9, aggregation_macs(net, size) / 1e9
+
+
+def aggregation_macs(net, size):
+    """MACs of the key aggregation of every key of ``net`` (4 C each), which the flop counter does not see."""
+    return net.attention_macs(size, size, aggregation=True) - net.attention_macs(size, size)
 
 
 def percent(ours, paper):
@@ -113,7 +117,6 @@ def checkpoint_report(opt_path, checkpoint, images, size, param_key):
     from basicsr.utils import img2tensor
     from basicsr.utils.registry import ARCH_REGISTRY
 
-    from acla_basicsr.archs.macs import counted_macs
     from acla_basicsr.data.prepare_util import list_images
     for flag, path, kind in (('-opt', opt_path, 'file'), ('--checkpoint', checkpoint, 'file'),
                              ('--images', images, 'folder')):
@@ -141,8 +144,13 @@ def checkpoint_report(opt_path, checkpoint, images, size, param_key):
                 fail(f'--images: cannot read {os.path.join(images, name)}.')
             net(img2tensor(img.astype('float32') / 255., bgr2rgb=img.ndim == 3, float32=True).unsqueeze(0))
     measured = net.measured_active_keys()
-    dense = counted_macs(lambda: cls(**network_opt), size, size, network_opt.get('num_in_ch', 3))
-    cla = counted_macs(lambda: cls(**dict(network_opt, attention='cla')), size, size, network_opt.get('num_in_ch', 3))
+    num_in_ch = network_opt.get('num_in_ch', 3)
+    # every row with the aggregation of its keys (4 C MACs each), which the flop counter does not see
+    dense = counted_macs(lambda: cls(**network_opt), size, size, num_in_ch) + aggregation_macs(net, size)
+    cla_opt = dict(network_opt, attention='cla')
+    with torch.device('meta'):
+        cla_net = cls(**cla_opt)
+    cla = counted_macs(lambda: cls(**cla_opt), size, size, num_in_ch) + aggregation_macs(cla_net, size)
     effective = net.effective_macs(size, size)
     backbone = net.backbone_macs(size, size)
     k = net.num_keys
@@ -155,11 +163,11 @@ def checkpoint_report(opt_path, checkpoint, images, size, param_key):
         print(f'| {position} | {cells} |')
     total = [v for layers in measured.values() for v in layers]
     print(f'mean open keys per key layer: {sum(total) / len(total):.2f} of {k} ({100 * sum(total) / len(total) / k:.1f} %)')
-    print(f'MACs at a {size}x{size} LR input (flop-counter convention, key aggregation not counted):')
+    print(f'MACs at a {size}x{size} LR input (flop counter / 2, plus the key aggregation: 4 C per aggregated key):')
     print('| network | MACs (M) | added over the backbone (M) |')
     print('|---|---|---|')
     for label, value in (('backbone', backbone), ('CLA, same positions and K (every key open)', cla),
-                         ('ACLA dense (every gate, offset and logit computed)', dense),
+                         ('ACLA dense (every key computed, as in training)', dense),
                          ('ACLA effective (measured open keys)', effective)):
         print(f'| {label} | {value / 1e6:.3f} | {(value - backbone) / 1e6:.3f} |')
     print(f'ACLA effective {"below" if effective < cla else "NOT below"} CLA (Table 8 ordering).')

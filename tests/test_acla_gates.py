@@ -83,35 +83,47 @@ def test_straight_through_keys_are_exactly_closed_in_training_with_a_gradient():
 
 # ---------------------------------------------------------------------- MACs of open keys
 def test_macs_count_open_keys_and_effective_macs_follow_the_counter():
+    """The cost model of the sparse evaluation (docs/cla_acla.md): a closed key saves its offsets (2 C MACs per
+    pixel) and its aggregation (4 C), not its logit (the softmax runs over every logit) nor its gate; a key layer
+    without an open key also saves its value projection (C^2). Before issue 21 a closed key saved "3 C" (its
+    offsets and logit) while the dense evaluation computed everything; now the counts are what the code runs
+    (tests/test_sparse_eval.py checks them against the flop counter on the sparse path)."""
     torch.manual_seed(0)
     net = randomise(tiny_edsr(attention='acla', num_keys=4), std=1.0).eval()
     for module in net.attention:
         torch.nn.init.zeros_(module.gate.weight)  # the gates follow their bias alone
     size = (8, 6)
+    hw, c = size[0] * size[1], 8
+    num_layer_pairs = sum(range(1, len(net.attention) + 1))
     dense = counted_macs(lambda: tiny_edsr(attention='acla', num_keys=4), *size)
+    aggregation = num_layer_pairs * 4 * 4 * c * hw  # every key open: 4 keys per (module, key layer), 4 C each
     x = torch.rand(2, 3, *size)
     with torch.no_grad():
         for module in net.attention:  # every key open
             module.gate.bias.fill_(50.0)
         net(x)
-        assert net.effective_macs(*size) == pytest.approx(dense, rel=1e-12)
+        assert net.effective_macs(*size) == pytest.approx(dense + aggregation, rel=1e-12)
         net.reset_key_stats()
-        # close keys 0 and 1 of every key layer: they save their offsets, 2 C MACs per pixel each (their logit stays:
-        # the softmax runs over every key's logit before the gates multiply)
-        for module in net.attention:
+        for module in net.attention:  # close keys 0 and 1 of every key layer: they save 2 C + 4 C MACs each
             module.gate.bias.view(-1, 4)[:, :2] = -50.0
         net(x)
     measured = net.measured_active_keys()
     assert all(v == pytest.approx(2.0) for layers in measured.values() for v in layers)
-    num_layer_pairs = sum(range(1, len(net.attention) + 1))
-    saved = num_layer_pairs * 2 * 2 * 8 * size[0] * size[1]
-    assert net.effective_macs(*size) == pytest.approx(dense - saved, rel=1e-12)
-    # the MAC term (after a training pass): every open key also costs its aggregation (4 C); expectation from
-    # sigmoid(g)
+    saved = num_layer_pairs * 2 * (2 + 4) * c * hw
+    assert net.effective_macs(*size) == pytest.approx(dense + aggregation - saved, rel=1e-12)
+    with torch.no_grad():  # close every key of the head layer too: it is no longer projected (C^2 per module)
+        net.reset_key_stats()
+        for module in net.attention:
+            module.gate.bias.view(-1, 4)[0] = -50.0
+        net(x)
+    saved += len(net.attention) * (2 * (2 + 4) * c + c * c) * hw
+    assert net.effective_macs(*size) == pytest.approx(dense + aggregation - saved, rel=1e-12)
+    # the MAC term (after a training pass): the expectation from sigmoid(g) of the same model; keys 0 and 1 of
+    # every key layer closed, and keys 0 to 3 of the head layer
     net.train()(x)
     expected = net.expected_attention_macs(*size).item()
-    hw, c = size[0] * size[1], 8
-    analytic = sum(hw * (c * c + (index + 1) * (c * c + 2 * 4 * c + 2 * 6 * c)) for index in range(len(net.attention)))
+    per_layer = [c * c + 2 * 4 * c + n * (2 + 4) * c for n in (0, 2, 2)]
+    analytic = sum(hw * (c * c + sum(per_layer[:index + 1])) for index in range(len(net.attention)))
     assert expected == pytest.approx(analytic, rel=1e-6)
 
 
@@ -315,9 +327,11 @@ def test_complexity_reports_a_checkpoints_measured_keys_and_effective_macs(tmp_p
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'mean open keys per key layer: 2.00 of 4 (50.0 %)' in run.stdout
     assert 'ACLA effective below CLA' in run.stdout
-    saved = 3 * 2 * 3 * 8 * 16 * 16  # 3 (module, key layer) pairs, 2 closed keys, 3 C MACs each, per pixel
+    # 3 (module, key layer) pairs, 2 closed keys, 2 C (offsets) + 4 C (aggregation) MACs each, per pixel
+    saved = 3 * 2 * (2 + 4) * 8 * 16 * 16
+    aggregation = 3 * 4 * 4 * 8 * 16 * 16  # of every key, when all are open
     dense = counted_macs(lambda: ACLAEDSR(**{k: v for k, v in network.items() if k != 'type'}), 16, 16)
-    assert f'| ACLA effective (measured open keys) | {(dense - saved) / 1e6:.3f} |' in run.stdout
+    assert f'| ACLA effective (measured open keys) | {(dense + aggregation - saved) / 1e6:.3f} |' in run.stdout
     bad = subprocess.run([sys.executable, script, '-opt', str(tmp_path / 'opt.yml'), '--checkpoint',
                           str(tmp_path / 'missing.pth')], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and bad.stderr.strip() == f'error: --checkpoint: {tmp_path / "missing.pth"} is not a file.'

@@ -39,10 +39,20 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   softmax (``softmax(a + log lw)``, computed in product form): lw = 0 removes a layer exactly, so a hard selection
   computes the network without it, and a removed layer still gets the relaxed gradient ``d w / d lw`` that a
   straight-through position gate needs (:meth:`CrossLayerAttention.key_weights`).
-- MACs: every open key costs its offsets and logit (3 C per pixel) and its aggregation (4 C, the bilinear
-  corners); the gate logits of all K keys are computed to know which keys are open. :meth:`CrossLayerAttention.macs`
-  counts them for a given number of open keys, :meth:`AdaptiveCrossLayerAttention.expected_macs` as a
-  differentiable expectation for the MAC penalty of training and search.
+- Sparse evaluation (ACLA, ``not self.training``): the logits and gates of every key are computed by their 1x1
+  convs (the softmax runs over all K*L logits); only the open keys then get offsets (the query vectors and the
+  offset conv's weight rows of the open (pixel, key) pairs, one ``bmm``) and aggregation (one ``F.embedding_bag``
+  with a bag of any size per query pixel, over the channels-last table of the projected key layers), and a key
+  layer without an open key in the batch (or weighted 0 by the supernet) is not projected. The same function as
+  the dense path, which training keeps (its backward) and the ONNX export uses (``sampling_method='grid_sample'``).
+- Value projections: one batched matmul for all key layers (the parameters stay the 1x1 convs ``value.{l}``), its
+  result the channels-last value table.
+- MACs (:func:`cla_macs`, the one formula): per pixel the output projection C^2, C^2 per projected key layer, C
+  per key for its logit and (ACLA) C for its gate, 2 C per open key for its offsets, and 4 C per open key for its
+  aggregation (the bilinear corners, not seen by torch's flop counter). A closed key saves its offsets and
+  aggregation, not its logit. :meth:`CrossLayerAttention.macs` counts them for a given number of open keys,
+  :meth:`AdaptiveCrossLayerAttention.expected_macs` as a differentiable expectation for the MAC penalty of
+  training and search.
 """
 import torch
 from torch import nn as nn
@@ -134,6 +144,66 @@ def _gather_from_table(table, shape, offsets, weights):
     coef = coef.permute(0, 4, 5, 1, 2, 3).reshape(b * h * w, bag).to(table.dtype)
     out = F.embedding_bag(index, table, per_sample_weights=coef, mode='sum')
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+# Approximate bytes per open key in the sparse evaluation besides its gathered query and offset weights (3 C
+# values): its indices, coordinates, 4 corner indices and weights.
+_BYTES_PER_SPARSE_ENTRY = 160
+# Largest step of the sparse evaluation (MiB), whatever the budget: measured on CPU (one thread, all keys open,
+# C=64, K=16, L=5, 48x48), one step for all keys took 2.4x the time of 32 MiB steps (fresh large allocations).
+_SPARSE_CHUNK_MB = 32
+
+
+def _sparse_corners(offsets, pixel, slot, weights, b, h, w):
+    """Rows and weights of the 4 bilinear corners of open keys in a (L', B, H, W, C) channels-last value table.
+
+    Args:
+        offsets (Tensor): (N, 2) offsets (dy, dx) of the open keys, in pixels.
+        pixel (Tensor): (N,) their query pixel, an index into B*H*W.
+        slot (Tensor): (N,) the position of their key layer among the projected layers.
+        weights (Tensor): (N,) their attention weights.
+        b, h, w (int): B, H, W.
+
+    Returns:
+        tuple[Tensor, Tensor]: index (4N,) and coef (4N,), the corners of each key together; a corner outside the
+        map has weight 0 (zero padding) and a clamped index.
+    """
+    offsets = offsets.to(torch.promote_types(offsets.dtype, torch.float32))  # see _pixel_coordinates
+    batch, rest = torch.div(pixel, h * w, rounding_mode='floor'), pixel % (h * w)
+    py = torch.div(rest, w, rounding_mode='floor').to(offsets.dtype) + offsets[:, 0]
+    px = (rest % w).to(offsets.dtype) + offsets[:, 1]
+    y0, x0 = py.floor(), px.floor()
+    fy, fx = py - y0, px - x0
+    gy, gx = 1 - fy, 1 - fx
+    cy = torch.stack((y0, y0, y0 + 1, y0 + 1), 1)
+    cx = torch.stack((x0, x0 + 1, x0, x0 + 1), 1)
+    inside = (cy >= 0) & (cy <= h - 1) & (cx >= 0) & (cx <= w - 1)
+    coef = torch.stack((gy * gx, gy * fx, fy * gx, fy * fx), 1) * weights.to(py.dtype).unsqueeze(1) * inside
+    base = ((slot * b + batch) * (h * w)).unsqueeze(1)
+    index = base + cy.clamp(0, h - 1).long() * w + cx.clamp(0, w - 1).long()
+    return index.view(-1), coef.view(-1)
+
+
+def aggregate_open_keys(table, offsets, pixel, slot, weights, size):
+    """Weighted sum of the open keys of every query pixel: one ``F.embedding_bag``, a bag of any size per pixel.
+
+    Args:
+        table (Tensor): (L' * B * H * W, C) channels-last value table of the projected key layers.
+        offsets (Tensor): (N, 2) offsets (dy, dx) of the open keys, sorted by pixel.
+        pixel (Tensor): (N,) their query pixel (index into B*H*W), non-decreasing.
+        slot (Tensor): (N,) the position of their key layer among the projected layers.
+        weights (Tensor): (N,) their attention weights.
+        size (tuple[int]): (B, H, W).
+
+    Returns:
+        tuple[int, Tensor]: the first pixel and the (P, C) sums of pixels ``first .. first + P - 1`` (a pixel
+        without an open key among them gets zeros).
+    """
+    index, coef = _sparse_corners(offsets, pixel, slot, weights, *size)
+    first, last = pixel[0].item(), pixel[-1].item()
+    counts = torch.bincount(pixel - first, minlength=last - first + 1) * 4
+    return first, F.embedding_bag(index, table, counts.cumsum(0) - counts, mode='sum',
+                                  per_sample_weights=coef.to(table.dtype))
 
 
 def _gather_and_sum(values, offsets, weights):
@@ -465,6 +535,36 @@ def initial_offsets(num_keys):
     return offsets.round(decimals=6).float()
 
 
+def cla_macs(num_feat, num_keys, height, width, key_layers, projected_layers, open_keys, scored_heads,
+             aggregation=False):
+    """MACs of one CLA/ACLA module: the cost model of the code (docs/cla_acla.md), written once.
+
+    ``HW (C^2 + P C^2 + L h K C + n (2 + 4 a) C)`` per image: the output projection; the value projections of
+    the P key layers that have an open key; the ``h`` 1x1 heads computed for every key of the L key layers (the
+    logit, which the softmax needs for every key, and ACLA's gate); for each of the n open keys its 2 offsets
+    and, with ``aggregation`` (a = 1), the 4 bilinear corners of its aggregation, which torch's flop counter does
+    not see. Every argument may be a tensor (an expectation: the MAC term of training and search).
+
+    Args:
+        num_feat (int): C.
+        num_keys (int): K.
+        height (int): H.
+        width (int): W.
+        key_layers (float | Tensor): L, the key layers whose logits (and gates) are computed.
+        projected_layers (float | Tensor): P.
+        open_keys (float | Tensor): n, the open keys summed over the key layers.
+        scored_heads (int): h: 1 (CLA: the logit) or 2 (ACLA: logit and gate).
+        aggregation (bool): Count the aggregation. Default: False.
+
+    Returns:
+        float | Tensor: MACs.
+    """
+    c = num_feat
+    per_open_key = (2 + (4 if aggregation else 0)) * c
+    return height * width * (c * c + projected_layers * c * c + key_layers * scored_heads * num_keys * c +
+                             open_keys * per_open_key)
+
+
 class CrossLayerAttention(nn.Module):
     """Cross-Layer Attention (CLA), ACLA paper Sec. 3 and Tables 4-7: K learned keys per key layer.
 
@@ -481,12 +581,12 @@ class CrossLayerAttention(nn.Module):
     """
 
     heads_per_key = 3  # 1x1 conv output channels per key and key layer: 2 offsets + 1 logit
-    # of which a closed key does not need: its 2 offsets (its logit is needed: the softmax runs over all K*L logits
-    # before the gates multiply, docs/cla_acla.md)
-    gated_heads_per_key = 2
+    gated_heads_per_key = 2  # of which a closed key does not need: its offsets (the softmax needs every logit)
     # how sample_keys aggregates the keys (a runtime choice, not a YAML key: every method computes the same
     # function); set it on a whole network with set_sampling_method, e.g. 'grid_sample' for an ONNX export
     sampling_method = 'fused'
+    # evaluation computes only the open keys (_sparse_update); CLA has no gates, every key is open
+    sparse_eval = False
 
     def __init__(self, num_feat, num_key_layers, num_keys=8, max_memory_mb=DEFAULT_MAX_MEMORY_MB):
         super().__init__()
@@ -546,6 +646,10 @@ class CrossLayerAttention(nn.Module):
     def forward(self, x, key_layers, layer_weights=None):
         """Attend from the query ``x`` to K keys in each of ``key_layers``.
 
+        In training (and for ``sampling_method='grid_sample'``, the ONNX export, or on the meta device) every key
+        is computed (:meth:`_dense_update`); in evaluation a module with :attr:`sparse_eval` computes only its open
+        keys (:meth:`_sparse_update`), the same function.
+
         Args:
             x (Tensor): (B, C, H, W) query feature.
             key_layers (list[Tensor]): L key layers, each (B, C, H, W).
@@ -559,23 +663,121 @@ class CrossLayerAttention(nn.Module):
         if len(key_layers) != self.num_key_layers:
             raise ValueError(f'{type(self).__name__} was built for {self.num_key_layers} key layers, '
                              f'got {len(key_layers)}.')
+        sparse = (self.sparse_eval and not self.training and self.sampling_method != 'grid_sample'
+                  and x.device.type != 'meta')
+        if not sparse:
+            return x + self.proj(self._dense_update(x, key_layers, self.key_weights(x, layer_weights)))
+        weights, gates = self._weights_and_gates(x, layer_weights)
+        is_open = torch.ones_like(weights, dtype=torch.bool) if gates is None else gates != 0
+        if layer_weights is not None:  # a key layer weighted 0 (supernet) has no open key
+            layer_weights = torch.as_tensor(layer_weights, device=x.device)
+            is_open = is_open & (layer_weights.reshape(-1, self.num_key_layers, 1, 1, 1) > 0)
+        return x + self.proj(self._sparse_update(x, key_layers, weights, is_open))
+
+    def _weights_and_gates(self, x, layer_weights):
+        """:meth:`key_weights` and the gates that its call of :meth:`key_mask` returned (None for CLA).
+
+        The gates are recorded, not recomputed: :meth:`key_mask` runs once (its conv, its statistics).
+        """
+        recorded, key_mask = [], self.key_mask
+
+        def recording_key_mask(query):
+            recorded.append(key_mask(query))
+            return recorded[-1]
+
+        self.key_mask = recording_key_mask  # shadows the method on this instance for one call
+        try:
+            weights = self.key_weights(x, layer_weights)
+        finally:
+            del self.key_mask
+        return weights, (recorded[-1] if recorded else None)
+
+    def _project_values(self, key_layers, layers=None):
+        """Value maps ``W_l f_l + b_l`` of the key layers ``layers`` (default: all), one batched matmul.
+
+        The parameters stay those of the 1x1 convs ``value.{l}``; the result is channels-last, (L', B, H, W, C)
+        contiguous: the value table that :meth:`_sparse_update` reads as it is.
+        """
+        layers = range(self.num_key_layers) if layers is None else layers
+        feats = torch.stack([key_layers[l] for l in layers])  # (L', B, C, H, W)
+        num, b, c, h, w = feats.shape
+        weight = torch.stack([self.value[l].weight.view(c, c).t() for l in layers])  # (L', C_in, C_out)
+        bias = torch.stack([self.value[l].bias for l in layers])
+        # batch L' * B: the channels-first maps are read transposed (no copy), the weights broadcast over B
+        table = torch.baddbmm(
+            bias.view(num, 1, 1, c).expand(num, b, 1, c).reshape(num * b, 1, c),
+            feats.view(num * b, c, h * w).transpose(1, 2),
+            weight.unsqueeze(1).expand(num, b, c, c).reshape(num * b, c, c))
+        return table.view(num, b, h, w, c)
+
+    def _dense_update(self, x, key_layers, weights):
+        """The aggregated keys (B, C, H, W), every key computed (training: the backward pass needs them)."""
         b, _, h, w = x.shape
-        values = torch.stack([proj(layer) for proj, layer in zip(self.value, key_layers)], 1)
+        values = self._project_values(key_layers).permute(1, 0, 4, 2, 3)  # (B, L, C, H, W), a view
         offsets = self.offset(x).view(b, self.num_key_layers, self.num_keys, 2, h, w)
-        update = sample_keys(values, offsets, self.key_weights(x, layer_weights), self.max_memory_mb,
-                             method=self.sampling_method)
-        return x + self.proj(update)
+        return sample_keys(values, offsets, weights, self.max_memory_mb, method=self.sampling_method)
+
+    def _sparse_update(self, x, key_layers, weights, is_open):
+        """The aggregated keys (B, C, H, W) from the open keys alone (evaluation), equal to :meth:`_dense_update`.
+
+        ``is_open`` (B, L, K, H, W): the key's gate is open and its key layer kept (a closed key's weight is 0, so
+        it contributes nothing). The logits and gates were computed densely (the softmax needs every
+        logit). Only open keys get offsets: the query vectors and the offset conv's weight rows of the open
+        (pixel, key) pairs, contracted by one ``baddbmm`` (2 C MACs per open key, as torch's flop counter counts
+        them); only key layers with an open key are projected (:meth:`_project_values`). The aggregation is one
+        ``F.embedding_bag`` with a bag of any size per query pixel over the 4 bilinear corners of its open keys,
+        in the channels-last table of the projected layers (corners outside the map weighted 0); a pixel without
+        an open key gets a zero. Above ``max_memory_mb`` the open keys are processed in chunks of pixels.
+        """
+        b, c, h, w = x.shape
+        num_layers, k = self.num_key_layers, self.num_keys
+        # (B, H, W, L, K): the keys of a pixel together, in the order of its bag
+        weights = weights.permute(0, 3, 4, 1, 2).contiguous()
+        is_open = is_open.expand(b, num_layers, k, h, w).permute(0, 3, 4, 1, 2).contiguous()
+        layer_open = is_open.reshape(-1, num_layers, k).any(2).any(0)
+        self._count_projected_layers(layer_open, b * h * w)
+        layers = layer_open.nonzero().squeeze(1).tolist()
+        if not layers:
+            return x.new_zeros(x.shape)
+        table = self._project_values(key_layers, layers).view(-1, c)
+        slot = torch.zeros(num_layers, dtype=torch.long, device=x.device)
+        slot[layers] = torch.arange(len(layers), device=x.device)
+        pair = is_open.view(-1).nonzero().squeeze(1)  # open (pixel, key) pairs, pixel-major
+        weights = weights.view(-1)
+        query = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+        out = x.new_zeros(b * h * w, c)
+        per_pair = 3 * c * x.element_size() + _BYTES_PER_SPARSE_ENTRY
+        chunk = _chunk_size(min(self.max_memory_mb, _SPARSE_CHUNK_MB), per_pair)
+        for start in range(0, pair.numel(), chunk):
+            part = pair[start:start + chunk]
+            pixel, key = torch.div(part, num_layers * k, rounding_mode='floor'), part % (num_layers * k)
+            # offsets of the open keys only: (N, 2, C) weight rows times (N, C, 1) queries, plus the bias
+            # (2D row gathers: several times faster than gathering from the (L*K, 2, C) view)
+            offsets = torch.bmm(self.offset.weight.view(-1, 2 * c).index_select(0, key).view(-1, 2, c),
+                                query.index_select(0, pixel).unsqueeze(2)).squeeze(2)
+            offsets = offsets + self.offset.bias.view(-1, 2).index_select(0, key)
+            first, bags = aggregate_open_keys(table, offsets, pixel,
+                                              slot.index_select(0, torch.div(key, k, rounding_mode='floor')),
+                                              weights.index_select(0, part), (b, h, w))
+            out[first:first + bags.shape[0]] += bags
+        return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+    def _count_projected_layers(self, layer_open, pixels):
+        """Hook of :meth:`_sparse_update`: which key layers were projected for ``pixels`` query pixels."""
 
     @classmethod
-    def macs(cls, num_feat, num_key_layers, num_keys, height, width, aggregation=False, active_keys=None, **kwargs):
-        """Multiply-accumulates of one module; by default as torch's flop counter counts them (FLOPs / 2).
+    def macs(cls, num_feat, num_key_layers, num_keys, height, width, aggregation=False, active_keys=None,
+             projected_layers=None, **kwargs):
+        """Multiply-accumulates of one module as it computes them (:func:`cla_macs`); by default as torch's flop
+        counter counts them (FLOPs / 2).
 
-        Counted: the 1x1 convs (value projections, offsets, logits, gates, output projection). Not counted
-        by the flop counter: the key aggregation (``F.embedding_bag`` over the 4 bilinear corners of every
-        key, 4 MACs per channel per key), softmax, gates; ``aggregation=True`` adds the aggregation.
-        With ``active_keys``, a closed key costs neither its offsets and logit (3 C per pixel) nor its
-        aggregation, as a sparse implementation computes it (ACLA Tables 6 and 8 count ACLA below CLA); the
-        gate logits of all K keys are always counted.
+        Counted by the flop counter: the 1x1 convs and matmuls (value projections, logits, gates, the offsets of
+        the open keys, output projection). Not counted by it: the key aggregation (``F.embedding_bag`` over the 4
+        bilinear corners of every open key, 4 MACs per channel per key), softmax, gates; ``aggregation=True``
+        adds the aggregation. With ``active_keys`` (ACLA in evaluation, :meth:`_sparse_update`) a closed key
+        saves its offsets (2 C per pixel) and its aggregation (4 C); its logit and gate are computed (the softmax
+        needs every logit), and a key layer without an open key saves its value projection
+        (``projected_layers``).
 
         Args:
             num_feat (int): C.
@@ -586,6 +788,8 @@ class CrossLayerAttention(nn.Module):
             aggregation (bool): Add the 4 * C MACs per pixel of the aggregation of every open key. Default: False.
             active_keys (float | list | Tensor | None): Mean number of open keys per key layer: one value for
                 every layer, or L values (a tensor keeps the result differentiable); None: all K. Default: None.
+            projected_layers (float | list | None): Key layers whose values are projected: a number, or L
+                fractions of the pixels for which each was; None: all L. Default: None.
 
         Returns:
             float | Tensor: MACs.
@@ -598,9 +802,12 @@ class CrossLayerAttention(nn.Module):
             open_keys = active_keys * num_key_layers
         else:
             open_keys = sum(active_keys)
-        per_layer = num_feat * num_feat + (cls.heads_per_key - cls.gated_heads_per_key) * num_keys * num_feat
-        per_open_key = (cls.gated_heads_per_key + (4 if aggregation else 0)) * num_feat
-        return height * width * (num_feat * num_feat + num_key_layers * per_layer + open_keys * per_open_key)
+        if projected_layers is None:
+            projected_layers = num_key_layers
+        elif not isinstance(projected_layers, (int, float)):
+            projected_layers = sum(projected_layers)
+        return cla_macs(num_feat, num_keys, height, width, num_key_layers, projected_layers, open_keys,
+                        cls.heads_per_key - cls.gated_heads_per_key, aggregation)
 
 
 class AdaptiveCrossLayerAttention(CrossLayerAttention):
@@ -635,6 +842,7 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
     # Initial gate logit: sigmoid(2) = 88 % of the keys open at the start of training.
     gate_bias_init = 2.0
     heads_per_key = 4  # 2 offsets + 1 logit + 1 gate; the gate is computed for every key
+    sparse_eval = True
 
     def __init__(self,
                  num_feat,
@@ -697,8 +905,22 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         return gates
 
     def reset_key_stats(self):
-        """Forget the open keys accumulated by evaluation passes."""
+        """Forget the open keys (and projected key layers) accumulated by evaluation passes."""
         self._key_sum, self._key_count = torch.zeros(self.num_key_layers), 0
+        self._layer_sum, self._layer_count = torch.zeros(self.num_key_layers), 0
+
+    def _count_projected_layers(self, layer_open, pixels):
+        self._layer_sum = self._layer_sum.to(layer_open.device) + layer_open.to(self._layer_sum.dtype) * pixels
+        self._layer_count += pixels
+
+    def measured_projected_layers(self):
+        """Fraction of the query pixels of the sparse evaluation passes since :meth:`reset_key_stats` for which each
+        key layer was projected (a key layer without an open key in a batch is not).
+
+        Returns:
+            list[float] | None: L values, or None when no sparse evaluation pass has run.
+        """
+        return (self._layer_sum / self._layer_count).tolist() if self._layer_count else None
 
     def measured_active_keys(self):
         """Mean open keys per key layer over the pixels of every evaluation pass since :meth:`reset_key_stats`.
@@ -711,9 +933,12 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
     def expected_macs(self, height, width, layer_probs=None, aggregation=True):
         """Expected MACs of this module at (height, width) under its gates of the last training pass.
 
-        ``HW (C^2 + sum_l P_l (C^2 + K C + n_l (3 + 4) C))`` with ``n_l`` = :attr:`expected_open_keys` (the keys
+        The MACs of the sparse evaluation (:func:`cla_macs`) in expectation:
+        ``HW (C^2 + sum_l P_l (C^2 + 2 K C + n_l (2 + 4) C))`` with ``n_l`` = :attr:`expected_open_keys` (the keys
         of layer l open in expectation, differentiable in the gate logits) and ``P_l`` the probability that
-        key layer l exists (supernet; 1 by default). Before any forward pass every key counts as open.
+        key layer l exists (supernet; 1 by default): a key layer's value projection, logits and gates are charged
+        with its existence, an open key's offsets (2 C) and aggregation (4 C) with its gate. Before any forward
+        pass every key counts as open.
 
         Args:
             height (int): Feature height.
@@ -729,10 +954,8 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
             open_keys = torch.full((self.num_key_layers, ), float(self.num_keys))
         open_keys = open_keys.to(torch.float64)
         probs = torch.ones_like(open_keys) if layer_probs is None else torch.as_tensor(layer_probs).to(open_keys)
-        c, k = self.num_feat, self.num_keys
-        per_layer = c * c + (self.heads_per_key - self.gated_heads_per_key) * k * c
-        per_open_key = (self.gated_heads_per_key + (4 if aggregation else 0)) * c
-        return height * width * (c * c + (probs * (per_layer + open_keys * per_open_key)).sum())
+        return cla_macs(self.num_feat, self.num_keys, height, width, probs.sum(), probs.sum(),
+                        (probs * open_keys).sum(), self.heads_per_key - self.gated_heads_per_key, aggregation)
 
 
 class NonLocalAttention(nn.Module):

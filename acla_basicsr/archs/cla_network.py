@@ -197,8 +197,8 @@ class CrossLayerAttentionMixin:
     def expected_attention_macs(self, height, width):
         """Expected MACs of the attention modules under the key gates of the last training pass (differentiable).
 
-        The MAC term of RestorationModel's ``train.macs_penalty``: every open key costs its offsets, logit and
-        aggregation (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other
+        The MAC term of RestorationModel's ``train.macs_penalty``: the MACs of the sparse evaluation, where every
+        open key costs its offsets and aggregation (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other
         attention types cost their dense MACs with the aggregation of all their keys.
 
         Args:
@@ -218,12 +218,15 @@ class CrossLayerAttentionMixin:
         return total
 
     def effective_macs(self, height, width):
-        """MACs of the whole network with the open keys measured by evaluation passes (flop-counter convention).
+        """MACs of the whole network as its evaluation computed them, with the open keys measured by evaluation passes.
 
-        The backbone as torch's flop counter counts it, plus each attention module with its measured open keys
-        (:meth:`measured_active_keys`; a closed key computes neither offsets nor logit; all keys of modules not
-        yet evaluated). The key aggregation is not counted, as the counter does not count it, so a network
-        whose keys are all open gives exactly the counter's total (the 'MACs' column of the ACLA tables).
+        The backbone as torch's flop counter counts it, plus each attention module as
+        :meth:`~acla_basicsr.archs.cla_modules.CrossLayerAttention.macs` models it, aggregation included: with
+        the measured open keys (:meth:`measured_active_keys`) and projected key layers of ACLA's sparse
+        evaluation (a closed key computes neither offsets nor aggregation, a key layer without an open key is not
+        projected), every key of the modules not yet evaluated and of CLA. So after one evaluation pass of a
+        batch of one image this is the flop counter's count of that pass plus the 4 C MACs per pixel of the
+        aggregation of every open key, which the counter does not see (tested).
 
         Args:
             height (int): LR input height.
@@ -235,9 +238,10 @@ class CrossLayerAttentionMixin:
         measured = self.measured_active_keys()
         total = self.backbone_macs(height, width)
         for index, (position, module) in enumerate(zip(self.insert_positions, self.attention)):
+            projected = module.measured_projected_layers() if hasattr(module, 'measured_projected_layers') else None
             total += float(type(module).macs(module.num_feat, index + 1, self.num_keys, height, width,
-                                             active_keys=measured.get(position),
-                                             reduction=getattr(module, 'reduction', 1)))
+                                             aggregation=True, active_keys=measured.get(position),
+                                             projected_layers=projected, reduction=getattr(module, 'reduction', 1)))
         return total
 
     def attention_macs(self, height, width, aggregation=False, active_keys=None):

@@ -7,6 +7,8 @@ Export paths (each computes the function of the training path; ``tests/test_zoo.
 
 - ACLA/CLA key sampling: ``F.grid_sample`` (:func:`~acla_basicsr.archs.cla_modules.set_sampling_method`,
   'grid_sample') instead of the default ``F.embedding_bag`` with per-sample weights, which has no ONNX export.
+  With 'grid_sample' an ACLA module computes every key (its dense path, closed keys weighted 0), not the sparse
+  evaluation, whose selection of the open keys has a data-dependent size.
 - Memory chunking (CLA/NL ``max_memory_mb``) and EARN's bands of rows depend on the input size; they are
   switched off for the export (one chunk, one band), so that the graph does not fix the number of chunks of
   the size it was traced at. EARN's window mask uses shifted views instead of ``Tensor.unfold``

@@ -1,0 +1,212 @@
+"""Evaluation time of ACLA's sparse path against its dense path, CLA and the plain backbone, measured in one run.
+
+Part 1: one ACLA module (C=64, K=16, L=5, 48x48, batch 1, eval, no_grad) with 100, 50, 25 and 10 % of its keys
+open, against the same module forced dense (``sparse_eval = False``: every key's offsets and aggregation, every
+value projection) and a CLA module with the same K, C, L (dense). The gate logits get a per-key threshold (the
+bias) at the quantile of their values over the pixels that opens the wanted fraction of each key (so the open set
+varies from pixel to pixel); the measured fraction is printed. Also the aggregation alone: the sparse
+``aggregate_open_keys`` over the open keys (from the projected table) against the dense ``sample_keys`` over
+every key (weights of the closed keys 0).
+
+Part 2: forward time (eval, no_grad, batch 1, ``--size`` LR, x2) of EDSR-large (ACLAEDSR num_feat 256,
+num_block 32, res_scale 0.1) with ACLA at the positions of ACLA Table 9 (3, 12, 26, 31, 32) and about
+``--open`` of its keys open (a random subset of each module's keys, the same at every pixel), against CLA with
+K = 8 and 16 at the same positions and the backbone alone (attention none).
+
+Time: the median of ``--repeat`` repetitions in which the variants alternate, of the CPU time of this process
+(``time.process_time``) with ``--threads 1`` by default: the machine is shared, and the CPU time of one thread
+is what a load does not distort (benchmarks/README.md). Ratios are of medians of the same run. Prints markdown
+tables.
+
+Usage: python benchmarks/bench_acla_sparsity.py [--threads 1] [--repeat 7] [--edsr-repeat 3] [--size 48]
+       [--open 0.45] [--skip-edsr]
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import acla_basicsr  # noqa: E402,F401
+import torch  # noqa: E402
+
+from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
+from acla_basicsr.archs.cla_modules import (AdaptiveCrossLayerAttention, CrossLayerAttention,  # noqa: E402
+                                            aggregate_open_keys, sample_keys)
+
+SEARCHED = [3, 12, 26, 31, 32]  # ACLA Table 9, EDSR SR (scripts/complexity.py)
+EDSR_LARGE = dict(num_feat=256, num_block=32, res_scale=0.1, upscale=2)
+
+
+def cpu_time(fn):
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def medians(variants, repeat):
+    """{name: median seconds} of ``repeat`` rounds in which every variant runs once, in turn (after a warm-up)."""
+    for fn in variants.values():
+        fn()
+    times = {name: [] for name in variants}
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            times[name].append(cpu_time(fn))
+    return {name: statistics.median(v) for name, v in times.items()}
+
+
+def module_inputs(c=64, num_layers=5, size=48, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(1, c, size, size)
+    return x, [torch.randn(1, c, size, size) for _ in range(num_layers)]
+
+
+def built_modules(c, num_layers, num_keys):
+    """An ACLA module with random weights (offsets within a few pixels) and a CLA module with the same weights."""
+    torch.manual_seed(1)
+    acla = AdaptiveCrossLayerAttention(c, num_layers, num_keys).eval()
+    with torch.no_grad():
+        for name, p in acla.named_parameters():
+            p.add_(torch.randn_like(p) * (0.01 if name == 'offset.weight' else 0.1))
+    cla = CrossLayerAttention(c, num_layers, num_keys).eval()
+    cla.load_state_dict({k: v for k, v in acla.state_dict().items() if not k.startswith('gate.')})
+    return acla, cla
+
+
+def open_fraction(module, x, fraction):
+    """Set each key's gate bias at the quantile of its logits that opens ``fraction`` of the pixels; return the
+    fraction of (pixel, key) pairs open in evaluation."""
+    with torch.no_grad():
+        logits = torch.nn.functional.conv2d(x, module.gate.weight).flatten(2)[0]  # (L*K, HW), without bias
+        module.gate.bias.copy_(-torch.quantile(logits, 1 - fraction, dim=1) + 1e-6)
+        module.gate.bias[logits.amax(1) < -module.gate.bias] = -1e6 if fraction == 0 else module.gate.bias.max()
+        return float((module.gate(x) > 0).float().mean())
+
+
+def sparse_inputs(module, x, keys):
+    """What ``aggregate_open_keys`` reads, for the open keys of ``module`` (the steps of ``_sparse_update``)."""
+    b, c, h, w = x.shape
+    num_layers, k = module.num_key_layers, module.num_keys
+    with torch.no_grad():
+        weights, gates = module._weights_and_gates(x, None)
+        weights = weights.permute(0, 3, 4, 1, 2).contiguous().view(-1)
+        pair = (gates != 0).permute(0, 3, 4, 1, 2).reshape(-1).nonzero().squeeze(1)
+        layers = (gates != 0).transpose(0, 1).reshape(num_layers, -1).any(1).nonzero().squeeze(1).tolist()
+        slot = torch.zeros(num_layers, dtype=torch.long)
+        slot[layers] = torch.arange(len(layers))
+        table = module._project_values(keys, layers).view(-1, c)
+        pixel, key = torch.div(pair, num_layers * k, rounding_mode='floor'), pair % (num_layers * k)
+        offsets = module.offset(x).view(b, num_layers * k, 2, h * w).permute(0, 3, 1, 2).reshape(-1, 2)
+        offsets = offsets.index_select(0, pair)
+        return table, offsets, pixel, slot.index_select(0, torch.div(key, k, rounding_mode='floor')), \
+            weights.index_select(0, pair), (b, h, w)
+
+
+def dense_inputs(module, x, keys):
+    b, _, h, w = x.shape
+    with torch.no_grad():
+        values = module._project_values(keys).permute(1, 0, 4, 2, 3)
+        offsets = module.offset(x).view(b, module.num_key_layers, module.num_keys, 2, h, w)
+        return values, offsets, module.key_weights(x)
+
+
+def bench_module(args):
+    c, num_layers, num_keys, size = 64, 5, 16, args.size
+    x, keys = module_inputs(c, num_layers, size)
+    acla, cla = built_modules(c, num_layers, num_keys)
+    print(f'\nOne module, C={c} K={num_keys} L={num_layers}, {size}x{size}, batch 1, eval, cpu, {torch.get_num_threads()} '
+          f'thread(s), median of {args.repeat} alternating repetitions (CPU time, ms), torch {torch.__version__}')
+    print('| keys open (target) | measured | ACLA sparse | ACLA dense | CLA (same K) | sparse / dense | sparse / CLA | '
+          'aggregation sparse | aggregation dense | aggregation sparse / dense |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    results = {}
+    for fraction in (1.0, 0.5, 0.25, 0.1):
+        measured = open_fraction(acla, x, fraction)
+        forced = AdaptiveCrossLayerAttention(c, num_layers, num_keys).eval()
+        forced.load_state_dict(acla.state_dict())
+        forced.sparse_eval = False
+        with torch.no_grad():
+            torch.testing.assert_close(acla(x, keys), forced(x, keys), rtol=1e-4, atol=1e-4)
+        sparse_args, dense_args = sparse_inputs(acla, x, keys), dense_inputs(acla, x, keys)
+        with torch.no_grad():
+            t = medians({
+                'sparse': lambda: acla(x, keys),
+                'dense': lambda: forced(x, keys),
+                'cla': lambda: cla(x, keys),
+                'agg_sparse': lambda: aggregate_open_keys(*sparse_args),
+                'agg_dense': lambda: sample_keys(*dense_args),
+            }, args.repeat)
+        ms = {k: 1e3 * v for k, v in t.items()}
+        results[fraction] = ms
+        print(f'| {100 * fraction:.0f} % | {100 * measured:.1f} % | {ms["sparse"]:.1f} | {ms["dense"]:.1f} | '
+              f'{ms["cla"]:.1f} | {ms["sparse"] / ms["dense"]:.2f} | {ms["sparse"] / ms["cla"]:.2f} | '
+              f'{ms["agg_sparse"]:.1f} | {ms["agg_dense"]:.1f} | {ms["agg_sparse"] / ms["agg_dense"]:.2f} |')
+    q = results[0.25]
+    print(f'targets at 25 %: aggregation <= 0.5x dense: {"met" if q["agg_sparse"] <= 0.5 * q["agg_dense"] else "NOT met"} '
+          f'({q["agg_sparse"] / q["agg_dense"]:.2f}x); module below CLA (same K): '
+          f'{"met" if q["sparse"] < q["cla"] else "NOT met"} ({q["sparse"] / q["cla"]:.2f}x)')
+
+
+def open_keys(net, fraction, seed=0):
+    """Open a random ``fraction`` of each ACLA module's keys (gate weights 0, biases +-1); return the fraction."""
+    generator = torch.Generator().manual_seed(seed)
+    total = opened = 0
+    with torch.no_grad():
+        for module in net.attention:
+            module.gate.weight.zero_()
+            n = module.gate.bias.numel()
+            chosen = torch.randperm(n, generator=generator)[:round(fraction * n)]
+            module.gate.bias.fill_(-1.0)
+            module.gate.bias[chosen] = 1.0
+            total, opened = total + n, opened + len(chosen)
+    return opened / total
+
+
+def bench_edsr(args):
+    torch.manual_seed(0)
+    nets = {
+        'EDSR-large': ACLAEDSR(**EDSR_LARGE, attention='none', insert_positions=[]),
+        'EDSR-large + CLA K=8': ACLAEDSR(**EDSR_LARGE, attention='cla', insert_positions=SEARCHED, num_keys=8),
+        'EDSR-large + CLA K=16': ACLAEDSR(**EDSR_LARGE, attention='cla', insert_positions=SEARCHED, num_keys=16),
+        'EDSR-large + ACLA K=16 (sparse)': ACLAEDSR(**EDSR_LARGE, attention='acla', insert_positions=SEARCHED,
+                                                    num_keys=16),
+    }
+    fraction = open_keys(nets['EDSR-large + ACLA K=16 (sparse)'], args.open)
+    x = torch.rand(1, 3, args.size, args.size)
+    for net in nets.values():
+        net.eval()
+    with torch.no_grad():
+        t = medians({name: (lambda net=net: net(x)) for name, net in nets.items()}, args.edsr_repeat)
+    base = t['EDSR-large']
+    print(f'\nForward time, EDSR-large x2 (32 x 256, res_scale 0.1), one {args.size}x{args.size} LR input, eval, cpu, '
+          f'{torch.get_num_threads()} thread(s), median of {args.edsr_repeat} alternating repetitions (CPU time); '
+          f'ACLA at {SEARCHED} with {100 * fraction:.1f} % of its keys open')
+    print('| network | time (ms) | / EDSR-large |')
+    print('|---|---|---|')
+    for name, value in t.items():
+        print(f'| {name} | {1e3 * value:.0f} | {value / base:.3f} |')
+    acla = t['EDSR-large + ACLA K=16 (sparse)']
+    print(f'targets: ACLA below CLA K=16 (same K): {"met" if acla < t["EDSR-large + CLA K=16"] else "NOT met"}; '
+          f'below CLA K=8: {"met" if acla < t["EDSR-large + CLA K=8"] else "NOT met"}; within 1.10x of EDSR-large: '
+          f'{"met" if acla <= 1.10 * base else "NOT met"} ({acla / base:.3f}x; paper, V100: 1.22x)')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+    parser.add_argument('--repeat', type=int, default=7, help='repetitions of part 1 (default 7)')
+    parser.add_argument('--edsr-repeat', type=int, default=3, help='repetitions of part 2 (default 3)')
+    parser.add_argument('--size', type=int, default=48, help='map side (part 1) and LR side (part 2); default 48')
+    parser.add_argument('--open', type=float, default=0.45, help='fraction of ACLA keys open in part 2 (default 0.45)')
+    parser.add_argument('--skip-edsr', action='store_true', help='part 1 only')
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    bench_module(args)
+    if not args.skip_edsr:
+        bench_edsr(args)
+
+
+if __name__ == '__main__':
+    main()
