@@ -33,18 +33,24 @@ class ACLASearchModel(RestorationModel):
     - ``temperature_start`` / ``temperature_end`` / ``anneal_iter``: the position-gate temperature decays
       exponentially from start to end over anneal_iter iterations (default 1.0 -> 0.1 over total_iter); it is a
       function of the iteration, so resuming continues it.
-    - ``straight_through``: hard gates in the forward pass, relaxed gradient. Default: false.
+    - ``straight_through``: hard gates in the forward pass, relaxed gradient (a closed candidate still gets
+      the relaxed gradient of its roles as query and as key layer). Default: false.
+    - ``readout``: how the final positions are read from the gate probabilities: ``expected_count`` (default,
+      the round(sum P) most probable candidates) or ``threshold`` (P > 0.5); evaluation computes the same
+      selection (:func:`~acla_basicsr.archs.supernet.readout_selection`).
+    - ``ramp_iter``: iterations over which lambda rises from 0 (default: ``arch_start_iter``), so that the key
+      gates see the reconstruction gradient of the zero-initialised modules before their MAC term.
     - ``mode``: ``joint`` (default; one-shot: weights and logits stepped on the same batch) or ``alternate``
       (first-order DARTS-style: the last ``arch_fraction`` of each batch is held out from the weights step
-      and used for the architecture step, with the weights fixed; the rest steps the weights with the
-      logits fixed).
+      and used for the architecture step, which differentiates the logits alone; the rest steps the weights
+      with the logits fixed).
     - ``arch_start_iter``: iterations that train the weights only before the logits move. Default: 0.
     - ``macs_size``: LR size (int or [h, w]) of the MAC ratio. Default: gt_size // scale.
 
     At every validation, and when the final model is saved, rank 0 logs the gate probabilities (log line,
     tensorboard ``search/*``), redraws the heat map ``gate_heatmap.png`` from ``gate_history.csv`` and exports
-    ``searched_positions.yml`` and ``train_searched.yml`` (the final network, positions with P > 0.5) into the
-    experiment folder. Evaluation uses hard gates (P > 0.5) on the bare network. Every log line has the
+    ``searched_positions.yml`` and ``train_searched.yml`` (the final network: the readout's positions) into the
+    experiment folder. Evaluation uses the readout's hard gates on the bare network. Every log line has the
     temperature, the expected added MACs over the backbone's (``macs_ratio``) and the selection (``sel``).
     """
 

@@ -133,6 +133,8 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
         'candidates': list(net.insert_positions),
         'probabilities': {p: round(v, 4) for p, v in zip(net.insert_positions, probs)},
         'logits': {p: round(v, 4) for p, v in zip(net.insert_positions, logits)},
+        'readout': net.readout,
+        'sum_probabilities': round(sum(probs), 4),
         'lambda': search['lambda'],
         'recipe': search.get('final_config'),
         'temperature': round(search_temperature(search, iteration), 6),
@@ -149,8 +151,9 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
         'config': _relative(config_path, root_path),
     }
     write_yaml(positions_path, summary,
-               '# Insert positions found by the ACLA position search (ACLASearchModel): positions = candidates\n'
-               '# whose gate probability sigmoid(logit) is above 0.5.\n')
+               '# Insert positions found by the ACLA position search (ACLASearchModel): positions = the readout of\n'
+               '# the gate probabilities sigmoid(logit) (expected_count: the round(sum P) most probable candidates;\n'
+               '# threshold: those above 0.5).\n')
     write_yaml(config_path, config,
                f"# Final network of the position search {search_opt.get('name')} at iteration {iteration}: "
                f"{network_opt['type']} with ACLA after {positions or 'no position'}.\n"
