@@ -160,6 +160,7 @@ def snapshot(tmp_path):
     found = {osp.join(folder, name) for folder, dirs, files in os.walk(tmp_path) for name in dirs + files}
     for folder in WATCHED:
         if osp.isdir(osp.join(ROOT, folder)):
+            found.add(osp.join(ROOT, folder))
             found.update(osp.join(ROOT, folder, name) for name in os.listdir(osp.join(ROOT, folder)))
     return found
 
