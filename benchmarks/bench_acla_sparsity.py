@@ -21,7 +21,6 @@ tables.
 Usage: python benchmarks/bench_acla_sparsity.py [--threads 1] [--repeat 7] [--edsr-repeat 3] [--size 48]
        [--open 0.45] [--skip-edsr]
 """
-import argparse
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import acla_basicsr  # noqa: E402,F401
+from acla_basicsr.cli.args import ArgumentParser, float_range, int_range  # noqa: E402
 import torch  # noqa: E402
 
 from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
@@ -193,15 +193,17 @@ def bench_edsr(args):
           f'{"met" if acla <= 1.10 * base else "NOT met"} ({acla / base:.3f}x; paper, V100: 1.22x)')
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    parser.add_argument('--repeat', type=int, default=7, help='repetitions of part 1 (default 7)')
-    parser.add_argument('--edsr-repeat', type=int, default=3, help='repetitions of part 2 (default 3)')
-    parser.add_argument('--size', type=int, default=48, help='map side (part 1) and LR side (part 2); default 48')
-    parser.add_argument('--open', type=float, default=0.45, help='fraction of ACLA keys open in part 2 (default 0.45)')
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--threads', type=int_range(1), default=1, help='torch threads (default 1)')
+    parser.add_argument('--repeat', type=int_range(1), default=7, help='repetitions of part 1 (default 7)')
+    parser.add_argument('--edsr-repeat', type=int_range(1), default=3, help='repetitions of part 2 (default 3)')
+    parser.add_argument('--size', type=int_range(4), default=48,
+                        help='map side (part 1) and LR side (part 2); default 48')
+    parser.add_argument('--open', type=float_range(0, 1), default=0.45,
+                        help='fraction of ACLA keys open in part 2 (default 0.45)')
     parser.add_argument('--skip-edsr', action='store_true', help='part 1 only')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     bench_module(args)
     if not args.skip_edsr:

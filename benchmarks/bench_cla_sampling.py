@@ -44,6 +44,7 @@ from torchvision.ops import deform_conv2d  # noqa: E402
 
 from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
 from acla_basicsr.archs.cla_modules import sample_keys  # noqa: E402
+from acla_basicsr.cli.args import ArgumentParser, positive_int, torch_device  # noqa: E402
 
 
 def _ours(method):
@@ -198,16 +199,17 @@ def bench_edsr(args, device):
     print(f'ratio EDSR+ACLA / EDSR: {ratio:.3f} (paper, Table 12, V100: 19.8 / 16.2 ms = 1.222)')
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--repeat', type=int, default=5, help='timed runs of the sampling benchmark')
-    parser.add_argument('--edsr-repeat', type=int, default=3, help='timed forward passes of each EDSR')
-    parser.add_argument('--device', default='cpu', help="'cpu' or a CUDA device such as 'cuda'")
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1, see the docstring)')
-    parser.add_argument('--size', type=int, default=48,
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--repeat', type=positive_int, default=5, help='timed runs of the sampling benchmark')
+    parser.add_argument('--edsr-repeat', type=positive_int, default=3, help='timed forward passes of each EDSR')
+    parser.add_argument('--device', type=torch_device, default='cpu', help="'cpu' or a CUDA device such as 'cuda'")
+    parser.add_argument('--threads', type=positive_int, default=1,
+                        help='torch CPU threads (default 1, see the docstring)')
+    parser.add_argument('--size', type=positive_int, default=48,
                         help='side of the sampled map (part 1) and of the LR input (part 2); the tables: 48')
     parser.add_argument('--memory-probe', choices=list(METHODS), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if args.memory_probe:  # internal: the fresh process of memory_probe

@@ -5,7 +5,6 @@ EDSR with random gradients; the median of ``--repeats`` timings.
 
 Usage: python benchmarks/bench_divergence_guard.py [--repeats 10] [--threads 1]
 """
-import argparse
 import os.path as osp
 import statistics
 import sys
@@ -15,15 +14,16 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import acla_basicsr  # noqa: E402,F401  (before basicsr)
 import torch  # noqa: E402
 
+from acla_basicsr.cli.args import ArgumentParser, positive_int  # noqa: E402
 from acla_basicsr.models.divergence import DivergenceGuard  # noqa: E402
 from basicsr.archs.edsr_arch import EDSR  # noqa: E402
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--repeats', type=int, default=10)
-    parser.add_argument('--threads', type=int, default=1)
-    args = parser.parse_args()
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--repeats', type=positive_int, default=10)
+    parser.add_argument('--threads', type=positive_int, default=1)
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print('| network | parameters | guard per step (ms) |\n|---|---|---|')
     for feat, blocks in ((64, 16), (256, 32)):

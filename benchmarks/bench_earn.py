@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from acla_basicsr.archs.earn_arch import EARN  # noqa: E402
+from acla_basicsr.cli.args import ArgumentParser, int_range, positive_int  # noqa: E402
 from basicsr.archs.edsr_arch import EDSR  # noqa: E402
 
 
@@ -126,16 +127,16 @@ def memory_table(size, threads):
         print(f'{label:70s} {before:12.1f} {peak:10.1f} {peak - before:11.1f}')
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--scale', type=int, default=2)
-    parser.add_argument('--size', type=int, default=48, help='LR input side in pixels')
-    parser.add_argument('--repeats', type=int, default=10)
-    parser.add_argument('--threads', type=int, default=1)
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--scale', type=int_range(2, 4), default=2, help='SR scale: 2, 3 or 4')
+    parser.add_argument('--size', type=positive_int, default=48, help='LR input side in pixels')
+    parser.add_argument('--repeats', type=positive_int, default=10)
+    parser.add_argument('--threads', type=positive_int, default=1)
     parser.add_argument('--memory', action='store_true', help='peak memory table instead of the timing table')
-    parser.add_argument('--memory-size', type=int, default=512, help='LR side of the inference memory case')
+    parser.add_argument('--memory-size', type=positive_int, default=512, help='LR side of the inference memory case')
     parser.add_argument('--memory-case', help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.memory_case:
         return memory_case(args.memory_case, args.memory_size, args.threads)
     if args.memory:

@@ -28,7 +28,6 @@ the timings (their MACs are in the second table).
   2 x MACs of the attention core without the embeddings (its 3x3 64->64 convolution row, 0.74, is
   2 x 9 x 64 x 64 x 100 x 100 MACs), so its figures are printed beside our FLOPs.
 """
-import argparse
 import ctypes
 import math
 import os.path as osp
@@ -43,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, osp.abspath(osp.join(__file__, osp.pardir, osp.pardir)))  # this checkout's package
 import acla_basicsr  # noqa: E402,F401
 from acla_basicsr.archs.enlca_modules import ENLCA, NonLocalAttention, efficient_attention, softmax_attention  # noqa: E402
+from acla_basicsr.cli.args import ArgumentParser, positive_int, torch_device  # noqa: E402
 
 PAPER_GFLOPS = {'NLA (exact)': 25.60, 'ENLCA m=128': 0.66, 'conv 3x3 64->64': 0.74}  # Table 4, 100 x 100
 PAPER_MS = {100: {'NLA': 42.8, 'ENLCA': 0.9}, 150: {'NLA': 107.2, 'ENLCA': 1.6}}  # Table 5, 2080ti GPU
@@ -120,16 +120,16 @@ def approximation_table(samples=(128, 512, 2048, 8192), draws=5):
         print(f'| {m} | {relative_error(1., m, draws):.3f} | {relative_error(6., m, draws):.3f} |')
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--approx-error', action='store_true', help='ENLA against exact attention, k = 1 and 6')
-    parser.add_argument('--sizes', type=int, nargs='+', default=[100, 150])
-    parser.add_argument('--channels', type=int, default=64)
-    parser.add_argument('--samples', type=int, default=128)
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    args = parser.parse_args()
+    parser.add_argument('--sizes', type=positive_int, nargs='+', default=[100, 150])
+    parser.add_argument('--channels', type=positive_int, default=64)
+    parser.add_argument('--samples', type=positive_int, default=128)
+    parser.add_argument('--threads', type=positive_int, default=1)
+    parser.add_argument('--repeats', type=positive_int, default=5)
+    parser.add_argument('--device', type=torch_device, default='cpu', help="'cpu' or 'cuda'")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if args.approx_error:

@@ -13,7 +13,6 @@ The machine is shared and has 2 cores: only the configs of ``--measure`` are run
 ``--max-gib``, default 10); the others are extrapolated from the fit and labelled so. A tiled run holds one padded tile at a time, so its peak is the untiled peak at the padded
 tile size plus the full-size input and output images (float32), which the table computes from the same fit.
 """
-import argparse
 import os
 import os.path as osp
 import resource
@@ -81,21 +80,28 @@ def table(sizes, tile, tile_pad, target, max_gib, threads, measured):
               f'{untiled / 1024:.2f} GiB ({label}) | {tiled / 1024:.2f} GiB ({tiled_label}) |', flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--config', help='options file with network_g')
-    parser.add_argument('--size', type=int, help='side of the square LR input')
-    parser.add_argument('--tile', type=int, default=0)
-    parser.add_argument('--tile-pad', type=int, default=16)
-    parser.add_argument('--threads', type=int, default=1)
+def main(argv=None):
+    sys.path.insert(0, ROOT)
+    from acla_basicsr.cli.args import ArgumentParser, non_negative_int, positive_float, positive_int
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--config', help='options file with network_g (relative: to the repository)')
+    parser.add_argument('--size', type=positive_int, help='side of the square LR input')
+    parser.add_argument('--tile', type=non_negative_int, default=0)
+    parser.add_argument('--tile-pad', type=non_negative_int, default=16)
+    parser.add_argument('--threads', type=positive_int, default=1)
     parser.add_argument('--table', action='store_true', help='the table of docs/inference.md')
-    parser.add_argument('--sizes', type=int, nargs=2, default=[64, 128], help='two untiled sizes for the fit')
-    parser.add_argument('--target', type=int, default=1000)
-    parser.add_argument('--max-gib', type=float, default=10, help='never run a size predicted above this')
+    parser.add_argument('--sizes', type=positive_int, nargs=2, default=[64, 128], help='two untiled sizes for the fit')
+    parser.add_argument('--target', type=positive_int, default=1000)
+    parser.add_argument('--max-gib', type=positive_float, default=10, help='never run a size predicted above this')
     parser.add_argument('--measure', nargs='*', default=['options/test/ACLA_EDSR_DN_sigma30.yml'],
                         help='configs also measured at --target (with and without tiles) when they fit --max-gib; '
                         'the others take minutes to hours there on a CPU and are extrapolated')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not args.table and (args.config is None or args.size is None):
+        parser.error(f"{'--config' if args.config is None else '--size'}: missing; give --config and --size, "
+                     'or --table')
+    if args.config is not None and not osp.isfile(osp.join(ROOT, args.config)):
+        parser.error(f'--config: {args.config} is not a file; give an options file such as {CONFIGS[0]}')
     if args.table:
         table(args.sizes, args.tile or 256, args.tile_pad, args.target, args.max_gib, args.threads, args.measure)
     else:

@@ -17,7 +17,6 @@ gradient: the ratio of those two rows is a bound that no faster key sampler can 
 Usage: python benchmarks/bench_search.py [-opt options/search/demo_search_SRx2.yml] [--positions 2 4 6]
        [--iters 10] [--threads 1] [--batch B] [--device cpu] [--sampling-bound]
 """
-import argparse
 import contextlib
 import copy
 import os.path as osp
@@ -33,6 +32,8 @@ sys.path.insert(0, ROOT)
 import acla_basicsr  # noqa: E402,F401
 import torch  # noqa: E402
 from acla_basicsr.archs import cla_modules  # noqa: E402
+from acla_basicsr.cli.args import (ArgumentParser, existing_file, non_negative_int, positive_int,  # noqa: E402
+                                   torch_device)
 import yaml  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
@@ -64,23 +65,20 @@ def sampler(function):
         cla_modules.sample_keys = saved
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('-opt', default=osp.join(ROOT, 'options', 'search', 'demo_search_SRx2.yml'))
-    parser.add_argument('--positions', type=int, nargs='*', default=None,
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('-opt', type=existing_file, default=osp.join(ROOT, 'options', 'search', 'demo_search_SRx2.yml'))
+    parser.add_argument('--positions', type=non_negative_int, nargs='*', default=None,
                         help='positions of the final network; default: every other candidate')
-    parser.add_argument('--iters', type=int, default=10, help='timed iterations per model (after 2 warm-up)')
-    parser.add_argument('--threads', type=int, default=1)
-    parser.add_argument('--batch', type=int, default=None, help="batch size; default: the config's")
-    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda' (one GPU; times are then wall times "
-                        'between torch.cuda.synchronize calls)')
+    parser.add_argument('--iters', type=positive_int, default=10, help='timed iterations per model (after 2 warm-up)')
+    parser.add_argument('--threads', type=positive_int, default=1)
+    parser.add_argument('--batch', type=positive_int, default=None, help="batch size; default: the config's")
+    parser.add_argument('--device', type=torch_device, choices=('cpu', 'cuda'), default='cpu',
+                        help="'cpu' or 'cuda' (one GPU; times are then wall times between torch.cuda.synchronize "
+                        'calls)')
     parser.add_argument('--sampling-bound', action='store_true',
                         help='also time the search and the final network with key sampling of negligible cost')
-    args = parser.parse_args()
-    if args.device not in ('cpu', 'cuda'):
-        raise SystemExit(f"--device: {args.device!r} is not 'cpu' or 'cuda'.")
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit('--device cuda: torch sees no CUDA device.')
+    args = parser.parse_args(argv)
     cuda = args.device == 'cuda'
     torch.set_num_threads(args.threads)
     with open(args.opt) as f:

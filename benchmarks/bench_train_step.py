@@ -30,7 +30,6 @@ not a recipe).
 Usage: python benchmarks/bench_train_step.py [--groups large demo full] [--batch 16] [--repeat 3] [--device cpu]
        [--amp] [--threads 1] [--data GT.lmdb LQ.lmdb] [--json rows.json] [--random-vgg]
 """
-import argparse
 import contextlib
 import json
 import os.path as osp
@@ -51,6 +50,8 @@ from basicsr.models import build_model  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
 
 from bench_search import parsed  # noqa: E402
+from acla_basicsr.cli.args import (ArgumentParser, existing_folder, non_negative_int, output_file,  # noqa: E402
+                                   positive_int, torch_device)
 
 OPTIONS = {
     'large': [('EDSR-large', 'ACLA_SRx2.yml', 'backbone'),
@@ -141,31 +142,27 @@ def state_bytes(model):
     return total
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--groups', nargs='+', choices=list(OPTIONS), default=list(OPTIONS))
-    parser.add_argument('--batch', type=int, default=16, help='images per step (the paper: 16)')
-    parser.add_argument('--lr-size', type=int, default=48, help='LR patch size (x2: the HR patch is twice it)')
-    parser.add_argument('--warmup', type=int, default=1, help='untimed steps per model')
-    parser.add_argument('--repeat', type=int, default=3, help='timed steps per model (median)')
-    parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
+    parser.add_argument('--batch', type=positive_int, default=16, help='images per step (the paper: 16)')
+    parser.add_argument('--lr-size', type=positive_int, default=48,
+                        help='LR patch size (x2: the HR patch is twice it)')
+    parser.add_argument('--warmup', type=non_negative_int, default=1, help='untimed steps per model')
+    parser.add_argument('--repeat', type=positive_int, default=3, help='timed steps per model (median)')
+    parser.add_argument('--device', type=torch_device, default='cpu', help="'cpu' or 'cuda'")
     parser.add_argument('--amp', action='store_true', help='torch.autocast around the step')
     parser.add_argument('--amp-dtype', choices=['bfloat16', 'float16'], default='bfloat16')
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    parser.add_argument('--data', nargs=2, metavar=('GT_LMDB', 'LQ_LMDB'),
+    parser.add_argument('--threads', type=positive_int, default=1, help='torch CPU threads')
+    parser.add_argument('--data', nargs=2, type=existing_folder, metavar=('GT_LMDB', 'LQ_LMDB'),
                         help='train on patches of these x2 LMDBs instead of random batches')
-    parser.add_argument('--json', help='also write the rows to this JSON file')
+    parser.add_argument('--json', type=output_file, help='also write the rows to this JSON file')
     parser.add_argument('--random-vgg', action='store_true',
                         help="EARN's perceptual loss with random VGG19 weights when torchvision's are absent")
-    args = parser.parse_args()
-    for key in ('batch', 'lr_size', 'repeat', 'warmup'):
-        if getattr(args, key) < (0 if key == 'warmup' else 1):
-            raise SystemExit(f'--{key.replace("_", "-")}: {getattr(args, key)} must be >= 1.')
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type not in ('cpu', 'cuda'):
-        raise SystemExit(f"--device: {args.device!r} is not 'cpu' or 'cuda'.")
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        raise SystemExit('--device cuda: torch sees no CUDA device.')
+        parser.error(f"--device: {args.device!r} is not 'cpu' or 'cuda'; give one of them")
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

@@ -49,7 +49,6 @@ Usage::
 Errors end with one line and exit status 2: a missing options file, a missing held-out set (run
 ``python scripts/prepare_benchmark.py``), a failed training (with the path of its log).
 """
-import argparse
 import copy
 import json
 import os
@@ -63,6 +62,9 @@ import uuid
 
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+sys.path.insert(0, REPO)
+from acla_basicsr.cli.args import (ArgumentParser, existing_file, non_negative_int, output_file,  # noqa: E402
+                                   positive_int)
 FAR = 10**9  # an iteration count no run reaches: pushes validation and checkpoints past the end
 
 
@@ -301,33 +303,40 @@ def paired_table(rows, baseline, val_sets, channel):
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('-opt', nargs='+', required=True, help='training options files, one row each')
-    parser.add_argument('--iters', type=int, required=True, help='training iterations of every run')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1], help='seeds (default: 0 1)')
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('-opt', nargs='+', required=True, type=existing_file,
+                        help='training options files, one row each')
+    parser.add_argument('--iters', type=positive_int, required=True, help='training iterations of every run')
+    parser.add_argument('--seeds', type=non_negative_int, nargs='+', default=[0, 1], help='seeds (default: 0 1)')
     parser.add_argument('--val-sets', nargs='+', default=['Set5', 'Set14'], help='held-out sets (default: Set5 Set14)')
     parser.add_argument('--data-root', default=osp.join(REPO, 'datasets'),
                         help='folder of the held-out sets, as written by scripts/prepare_benchmark.py (default: datasets)')
     parser.add_argument('--channel', choices=('y', 'rgb'), default='y', help='metrics on Y (default) or RGB')
     parser.add_argument('--force_yml', nargs='+', default=[], help='extra key=value overrides for every run')
-    parser.add_argument('--out', help='also write the tables to this markdown file')
+    parser.add_argument('--out', type=output_file, help='also write the tables to this markdown file')
     parser.add_argument('--keep', action='store_true', help='keep the experiment folders')
-    parser.add_argument('--threads', type=int, default=0, help='OMP_NUM_THREADS of the runs and the evaluation')
+    parser.add_argument('--threads', type=non_negative_int, default=0,
+                        help='OMP_NUM_THREADS of the runs and the evaluation')
     parser.add_argument('--baseline', help='one of the -opt files: add the per-seed PSNR differences to it')
-    parser.add_argument('--results', help='JSON record of finished runs: read to skip them, written after each run')
+    parser.add_argument('--results', type=output_file,
+                        help='JSON record of finished runs: read to skip them, written after each run')
     args = parser.parse_args(argv)
-    if args.iters < 1:
-        parser.error('--iters must be a positive integer')
     if args.baseline and osp.abspath(args.baseline) not in [osp.abspath(p) for p in args.opt]:
-        parser.error('--baseline must be one of the -opt files')
+        parser.error(f'--baseline: {args.baseline} is not one of the -opt files; give one of them')
     return args
 
 
 def run(args):
     options = [(path, load_options(path)) for path in args.opt]
-    for entry in args.force_yml:
-        if entry.count('=') != 1:
-            raise CompareError(f'--force_yml: {entry!r} is not key=value (nested keys joined by ":").')
+    if args.force_yml:  # checked here, before the first run: its keys and values (a file's own options are
+        # left to its training run)
+        from acla_basicsr.cli.launch import forced_options
+        from acla_basicsr.errors import OptionError
+        for path, opt in options:
+            try:
+                forced_options(opt, args.force_yml, is_train=True)
+            except OptionError as error:
+                raise CompareError(f'{path}: {error}') from None
     sets = {path: held_out_datasets(opt, args.val_sets, args.data_root) for path, opt in options}
 
     sys.path.insert(0, REPO)

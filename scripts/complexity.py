@@ -19,7 +19,6 @@ Usage: python scripts/complexity.py [--tolerance-params 2] [--tolerance-macs 3]
        python scripts/complexity.py -opt options/train/demo_ACLA_SRx2.yml \
            --checkpoint experiments/demo_ACLA_SRx2/models/net_g_latest.pth [--images DIR] [--size 48]
 """
-import argparse
 import os
 import sys
 
@@ -29,6 +28,7 @@ import acla_basicsr  # noqa: E402,F401  (makes basicsr importable, registers the
 import torch  # noqa: E402
 
 from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
+from acla_basicsr.cli.args import ArgumentParser, existing_file, fail, non_negative_float, positive_int  # noqa: E402
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN  # noqa: E402
 from acla_basicsr.archs.macs import counted_macs  # noqa: E402
 
@@ -105,11 +105,6 @@ def percent(ours, paper):
     return 100 * (ours - paper) / paper
 
 
-def fail(message):
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
-
-
 def checkpoint_report(opt_path, checkpoint, images, size, param_key):
     """Effective MACs of a trained ACLA checkpoint from the open keys measured on ``images``."""
     import cv2
@@ -173,19 +168,22 @@ def checkpoint_report(opt_path, checkpoint, images, size, param_key):
     print(f'ACLA effective {"below" if effective < cla else "NOT below"} CLA (Table 8 ordering).')
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--tolerance-params', type=float, default=2.0, help='percent; default 2')
-    parser.add_argument('--tolerance-macs', type=float, default=3.0, help='percent; default 3')
-    parser.add_argument('-opt', help='options file of a trained ACLA network (with --checkpoint)')
-    parser.add_argument('--checkpoint', help='its net_g_*.pth: print its effective MACs from measured open keys')
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--tolerance-params', type=non_negative_float, default=2.0, help='percent; default 2')
+    parser.add_argument('--tolerance-macs', type=non_negative_float, default=3.0, help='percent; default 3')
+    parser.add_argument('-opt', type=existing_file, help='options file of a trained ACLA network (with --checkpoint)')
+    parser.add_argument('--checkpoint', type=existing_file,
+                        help='its net_g_*.pth: print its effective MACs from measured open keys')
     parser.add_argument('--images', default=os.path.join(ROOT, 'datasets', 'example', 'val', 'LR_bicubic', 'X2'),
                         help='LR images on which the open keys are measured (default: the example validation set)')
-    parser.add_argument('--size', type=int, default=48, help='LR input size of the MAC counts; default 48')
-    parser.add_argument('--param-key', default=None, help='params or params_ema; default: params_ema if present')
-    args = parser.parse_args()
+    parser.add_argument('--size', type=positive_int, default=48, help='LR input size of the MAC counts; default 48')
+    parser.add_argument('--param-key', choices=('params_ema', 'params'),
+                        help='params or params_ema; default: params_ema if present')
+    args = parser.parse_args(argv)
     if bool(args.opt) != bool(args.checkpoint):
-        fail('-opt and --checkpoint go together: the options file of the trained network and its checkpoint.')
+        parser.error(f"{'-opt' if args.opt else '--checkpoint'}: given alone; -opt and --checkpoint go together "
+                     '(the options file of the trained network and its checkpoint)')
     if args.checkpoint:
         checkpoint_report(args.opt, args.checkpoint, args.images, args.size, args.param_key)
         return

@@ -15,27 +15,34 @@ Usage::
 Exit status: 0 exported and checked, 1 the check failed (the file is kept, marked by the message),
 2 bad input (one ``error:`` line).
 """
-import argparse
 import os
 import sys
 import time
 from os import path as osp
 
 sys.path.insert(0, osp.abspath(osp.join(osp.dirname(__file__), osp.pardir)))
+from acla_basicsr.cli.args import (ArgumentParser, existing_file, fail, int_range, non_negative_float,  # noqa: E402
+                                   output_file, positive_int)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('-opt', required=True, help='options file with network_g')
-    parser.add_argument('--model', help='checkpoint (default: path.pretrain_network_g of the options)')
-    parser.add_argument('--out', required=True, help='the .onnx file to write')
-    parser.add_argument('--size', type=int, nargs=2, default=(64, 64), metavar=('H', 'W'), help='tracing size')
-    parser.add_argument('--check-size', type=int, nargs=2, metavar=('H', 'W'),
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('-opt', required=True, type=existing_file, help='options file with network_g')
+    parser.add_argument('--model', type=existing_file,
+                        help='checkpoint (default: path.pretrain_network_g of the options)')
+    parser.add_argument('--out', required=True, type=output_file, help='the .onnx file to write')
+    parser.add_argument('--size', type=positive_int, nargs=2, default=(64, 64), metavar=('H', 'W'),
+                        help='tracing size')
+    parser.add_argument('--check-size', type=positive_int, nargs=2, metavar=('H', 'W'),
                         help='onnxruntime check size (default: --size + (5, 3))')
-    parser.add_argument('--opset', type=int, default=17, help='ONNX opset (default 17)')
+    parser.add_argument('--opset', type=int_range(16, 20), default=17,
+                        help="ONNX opset, 16 (ACLA's grid_sample) to 20 (torch's TorchScript exporter); default 17")
     parser.add_argument('--param-key', choices=('params_ema', 'params'), help='default: params_ema, else params')
-    parser.add_argument('--tolerance', type=float, default=1e-3, help='largest accepted difference (default 1e-3)')
+    parser.add_argument('--tolerance', type=non_negative_float, default=1e-3,
+                        help='largest accepted difference (default 1e-3)')
     args = parser.parse_args(argv)
+    if not args.out.endswith('.onnx'):
+        parser.error(f'--out: {args.out} does not end in .onnx; give a file name ending in .onnx')
 
     import acla_basicsr  # noqa: F401  (registers the networks)
     from acla_basicsr.inference import load_network
@@ -43,14 +50,6 @@ def main(argv=None):
     from acla_basicsr.errors import OptionError
     from acla_basicsr.fileio import atomic_write
 
-    def fail(message):
-        print(f'error: {message}', file=sys.stderr)
-        sys.exit(2)
-
-    if min(args.size) < 1 or (args.check_size and min(args.check_size) < 1):
-        fail('--size/--check-size: give positive heights and widths.')
-    if not args.out.endswith('.onnx'):
-        fail(f'--out {args.out}: give a file name ending in .onnx.')
     try:
         net = load_network(args.opt, args.model, param_key=args.param_key, strict=True, device='cpu')
     except OptionError as error:

@@ -11,7 +11,6 @@ Usage:
 ``--out`` defaults to the checkpoint's experiment folder; the iteration (for the temperature and the
 record) is read from a ``net_g_<iter>.pth`` name unless ``--iter`` is given.
 """
-import argparse
 import os
 import os.path as osp
 import re
@@ -28,6 +27,7 @@ from basicsr.utils.options import ordered_yaml  # noqa: E402
 
 from acla_basicsr.models.search_export import export_search  # noqa: E402
 from acla_basicsr.models.search_options import check_search_options  # noqa: E402
+from acla_basicsr.cli.args import ArgumentParser, existing_file, fail, non_negative_int, output_folder  # noqa: E402
 from acla_basicsr.errors import OptionError  # noqa: E402
 
 
@@ -68,19 +68,19 @@ def export_from_checkpoint(opt_path, checkpoint, out_dir=None, iteration=None, p
     return export_search(out_dir, opt, net, iteration, search, ROOT, source=osp.relpath(checkpoint, ROOT))
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('-opt', required=True, help='the search config (YAML)')
-    parser.add_argument('--checkpoint', required=True, help='net_g_<iter>.pth of the search')
-    parser.add_argument('--out', default=None, help="output folder; default: the checkpoint's experiment folder")
-    parser.add_argument('--iter', type=int, default=None, help='iteration of the checkpoint')
-    args = parser.parse_args()
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('-opt', required=True, type=existing_file, help='the search config (YAML)')
+    parser.add_argument('--checkpoint', required=True, type=existing_file, help='net_g_<iter>.pth of the search')
+    parser.add_argument('--out', type=output_folder, default=None,
+                        help="output folder; default: the checkpoint's experiment folder")
+    parser.add_argument('--iter', type=non_negative_int, default=None, help='iteration of the checkpoint')
+    args = parser.parse_args(argv)
     try:
         positions, positions_path, config_path = export_from_checkpoint(args.opt, args.checkpoint, args.out,
                                                                         args.iter)
     except OptionError as error:
-        print(f'error: {error}', file=sys.stderr)
-        sys.exit(2)
+        fail(error)
     print(f'positions: {positions}')
     print(f'wrote {positions_path}')
     print(f'wrote {config_path}')

@@ -53,6 +53,8 @@ import tempfile
 import time
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
+from gpu_report import cli_args, load_package_file  # noqa: E402  (acla_basicsr/cli/args.py, by its path)
 DATA = osp.join(ROOT, 'datasets', 'gpu_check')
 GT_LMDB, LQ_LMDB = 'Set14_HR_sub.lmdb', 'Set14_LR_bicubic_X2_sub.lmdb'
 RESTORE_CONFIGS = ['options/test/ACLA_SRx2.yml', 'options/test/ACLA_RCAN_SRx2.yml', 'options/test/ENLCN_SRx2.yml',
@@ -60,17 +62,7 @@ RESTORE_CONFIGS = ['options/test/ACLA_SRx2.yml', 'options/test/ACLA_RCAN_SRx2.ym
 LOG_TAIL = 3000  # characters of each step's output kept in results.json
 
 
-def _load_fileio():
-    """The project's atomic writer, loaded from its file: it imports nothing, and this script runs before the
-    package (and basicsr) is installed on the GPU machine."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('acla_fileio', osp.join(ROOT, 'acla_basicsr', 'fileio.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fileio = _load_fileio()
+fileio = load_package_file('fileio.py')  # the project's atomic writer
 
 # Sizes: (GPU, --quick). Time limits in seconds: (GPU, --quick); --budget bounds them all together.
 SIZES = {
@@ -688,11 +680,11 @@ def probe_restore(path, configs, device_name, size, tile, tile_pad):
 
 # --------------------------------------------------------------------------------------------- main
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = cli_args.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--device', default='cuda', help="'cuda' (default) or 'cpu'")
     parser.add_argument('--quick', action='store_true', help='tiny sizes and short limits (a CPU rehearsal)')
-    parser.add_argument('--out', default=None, help='results folder (default: $OUT, else results/gpu_check)')
-    parser.add_argument('--budget', type=float, default=None,
+    parser.add_argument('--out', type=cli_args.output_folder, default=None, help='results folder (default: $OUT, else results/gpu_check)')
+    parser.add_argument('--budget', type=cli_args.positive_float, default=None,
                         help='seconds for all steps together (default 500: the call is at most nine minutes; '
                              '--quick: 300)')
     parser.add_argument('--steps', nargs='+', default=STEPS, help=f'a subset of: {" ".join(STEPS)}')
@@ -704,20 +696,20 @@ def parse_args(argv=None):
                         help='HR images of --prepare (default ../shared/datasets/Set14)')
     parser.add_argument('--probe-env', help=argparse.SUPPRESS)
     parser.add_argument('--probe-restore', help=argparse.SUPPRESS)
-    parser.add_argument('--size', type=int, default=1000, help=argparse.SUPPRESS)
-    parser.add_argument('--tile', type=int, default=256, help=argparse.SUPPRESS)
-    parser.add_argument('--tile-pad', type=int, default=16, help=argparse.SUPPRESS)
+    parser.add_argument('--size', type=cli_args.positive_int, default=1000, help=argparse.SUPPRESS)
+    parser.add_argument('--tile', type=cli_args.non_negative_int, default=256, help=argparse.SUPPRESS)
+    parser.add_argument('--tile-pad', type=cli_args.non_negative_int, default=16, help=argparse.SUPPRESS)
     parser.add_argument('configs', nargs='*', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.device not in ('cpu', 'cuda'):
-        parser.error(f"--device: {args.device!r} is not 'cuda' or 'cpu'.")
+        parser.error(f"--device: {args.device!r} is not 'cuda' or 'cpu'; give one of them")
     unknown = [s for s in args.steps if s not in STEPS]
     if unknown:
-        parser.error(f'--steps: {" ".join(unknown)} unknown; choose among {" ".join(STEPS)}.')
+        parser.error(f'--steps: {" ".join(unknown)} unknown; choose among {" ".join(STEPS)}')
     if args.budget is None:
         args.budget = 300. if args.quick else 500.
     if args.budget < 30:
-        parser.error(f'--budget: {args.budget:g} s is too short; give at least 30.')
+        parser.error(f'--budget: {args.budget:g} s is too short; give at least 30')
     args.out = osp.abspath(args.out or os.environ.get('OUT') or osp.join(ROOT, 'results', 'gpu_check'))
     args.data, args.wheels = osp.abspath(args.data), osp.abspath(args.wheels)
     return args

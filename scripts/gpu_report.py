@@ -11,7 +11,7 @@ When the output file exists and holds the line ``<!-- report: scripts/gpu_report
 everything above that line is kept (docs/gpu.md's own introduction) and the report replaces what follows,
 its headings one level down.
 """
-import argparse
+import importlib.util
 import json
 import os
 import os.path as osp
@@ -20,6 +20,19 @@ import sys
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MARKER = '<!-- report: scripts/gpu_report.py writes below -->'
+
+
+def load_package_file(path):
+    """A module of the package loaded from its file ``acla_basicsr/<path>``, without importing the package:
+    that would import basicsr, which gpu_check.py installs in its first step (gpu_check.py uses it too)."""
+    spec = importlib.util.spec_from_file_location('acla_' + path[:-3].replace('/', '_'),
+                                                  osp.join(ROOT, 'acla_basicsr', path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli_args = load_package_file('cli/args.py')  # the command line's one-line errors
 
 
 def fmt(value, digits=3):
@@ -191,10 +204,10 @@ def render(results):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = cli_args.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('results', nargs='?', default=None,
                         help='OUT folder of gpu_check.py or its results.json (default: $OUT, else results/gpu_check)')
-    parser.add_argument('-o', '--output', help='write the Markdown here (default: stdout)')
+    parser.add_argument('-o', '--output', type=cli_args.output_file, help='write the Markdown here (default: stdout)')
     args = parser.parse_args(argv)
     path = args.results or os.environ.get('OUT') or osp.join(ROOT, 'results', 'gpu_check')
     if osp.isdir(path):

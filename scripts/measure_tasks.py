@@ -17,7 +17,6 @@ which checks the degradation and metric conventions.
 
 Usage: python scripts/measure_tasks.py [--iters 400] [--num-eval 8] [--threads 1]
 """
-import argparse
 import os
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ import time
 from os import path as osp
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+sys.path.insert(0, REPO)
+from acla_basicsr.cli.args import ArgumentParser, fail, int_range, positive_int  # noqa: E402
 SHARED = osp.join(REPO, osp.pardir, 'shared', 'datasets')
 TASKS = {  # task: (demo config, y channel metrics, classical baseline)
     'denoising sigma 30': ('demo_EDSR_DNsigma30', False, 'non-local means'),
@@ -132,19 +133,19 @@ def evaluate(opt, checkpoint, eval_list, y, baseline):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--iters', type=int, default=400, help='training iterations per task')
-    parser.add_argument('--num-eval', type=int, default=8, help='Kodak24 images evaluated (the first ones)')
-    parser.add_argument('--threads', type=int, default=1,
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--iters', type=positive_int, default=400, help='training iterations per task')
+    parser.add_argument('--num-eval', type=int_range(1, 24), default=8,
+                        help='Kodak24 images evaluated (the first ones, 1 to 24)')
+    parser.add_argument('--threads', type=positive_int, default=1,
                         help='torch threads; 1 avoids thread contention on a shared, loaded machine')
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
+    for name in ('Sun_Hays80', 'Kodak24', 'LIVE1', 'Classic5', 'McMaster'):
+        if not osp.isdir(osp.join(SHARED, name)):
+            fail(f'{osp.join(SHARED, name)} is absent; this check needs ../shared/datasets.')
     import acla_basicsr  # noqa: F401
     import torch
     torch.set_num_threads(args.threads)
-    for name in ('Sun_Hays80', 'Kodak24', 'LIVE1', 'Classic5', 'McMaster'):
-        if not osp.isdir(osp.join(SHARED, name)):
-            sys.exit(f'error: {osp.join(SHARED, name)} is absent; this check needs ../shared/datasets.')
     total = time.time()
     sys.path.insert(0, osp.join(REPO, 'scripts'))
     from prepare_sr_lmdb import prepare as prepare_lmdb

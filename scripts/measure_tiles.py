@@ -20,6 +20,17 @@ import time
 import yaml
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from acla_basicsr.cli.args import ArgumentParser  # noqa: E402
+
+
+def tile_setting(text):
+    """A ``--tiles`` entry: ``tile_size:tile_pad``, a positive size and a pad of 0 or more (LR pixels)."""
+    parts = text.split(':')
+    if len(parts) != 2 or not all(v.isdigit() for v in parts) or int(parts[0]) < 1:
+        raise argparse.ArgumentTypeError(f'expected tile_size:tile_pad such as 64:16 (size >= 1, pad >= 0), '
+                                         f'got {text!r}')
+    return int(parts[0]), int(parts[1])
 
 
 def run_test(opt, folder, tile=None, ensemble=False):
@@ -41,23 +52,30 @@ def run_test(opt, folder, tile=None, ensemble=False):
     return {k: float(v) for k, v in values.items()}, seconds
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--opt', default='options/test/demo_EDSR_SRx2.yml')
+def main(argv=None):
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--opt', default='options/test/demo_EDSR_SRx2.yml',
+                        help='test options file, relative to the repository')
     parser.add_argument('--set', default='Set14', help='a folder of datasets/ with HR and LR_bicubic/X<scale>')
-    parser.add_argument('--tiles', nargs='+', default=['32:0', '32:8', '64:16', '128:16'],
+    parser.add_argument('--tiles', nargs='+', type=tile_setting, default=[(32, 0), (32, 8), (64, 16), (128, 16)],
                         help='tile_size:tile_pad pairs (LR pixels)')
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if not osp.isfile(osp.join(ROOT, args.opt)):
+        parser.error(f'--opt: {args.opt} is not a file of the repository; give a test options file such as '
+                     'options/test/demo_EDSR_SRx2.yml')
     with open(osp.join(ROOT, args.opt)) as f:
         opt = yaml.safe_load(f)
     scale = opt['scale']
+    if not osp.isdir(osp.join(ROOT, 'datasets', args.set, 'LR_bicubic', f'X{scale}')):
+        parser.error(f'--set: datasets/{args.set}/LR_bicubic/X{scale} does not exist; give a set prepared by '
+                     'scripts/prepare_benchmark.py')
     opt['datasets'] = {'test_1': {'name': args.set, 'type': 'PairedImageDataset',
                                   'dataroot_gt': f'datasets/{args.set}/HR',
                                   'dataroot_lq': f'datasets/{args.set}/LR_bicubic/X{scale}',
                                   'io_backend': {'type': 'disk'}}}
     settings = [('whole image', None, False)] + [
-        (f'tile {t.split(":")[0]}, pad {t.split(":")[1]}', tuple(int(v) for v in t.split(':')), False)
-        for t in args.tiles] + [('self-ensemble', None, True), ('self-ensemble, tile 64, pad 16', (64, 16), True)]
+        (f'tile {size}, pad {pad}', (size, pad), False) for size, pad in args.tiles] + [
+        ('self-ensemble', None, True), ('self-ensemble, tile 64, pad 16', (64, 16), True)]
     with tempfile.TemporaryDirectory() as folder:
         rows = []
         for label, tile, ensemble in settings:

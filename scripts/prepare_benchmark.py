@@ -21,12 +21,13 @@ Usage::
     python scripts/prepare_benchmark.py                       # every set of ../shared/datasets
     python scripts/prepare_benchmark.py --input ~/benchmarks --sets Set5 Urban100 --tasks sr
 """
-import argparse
 import os
 import sys
 from os import path as osp
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+sys.path.insert(0, REPO)
+from acla_basicsr.cli.args import ArgumentParser, existing_folder, output_folder, positive_int  # noqa: E402
 TASKS = ('sr', 'restoration')
 
 
@@ -58,24 +59,25 @@ def prepare_set(set_dir, out_dir, scales, mod, tasks):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--input', default=osp.join(REPO, osp.pardir, 'shared', 'datasets'),
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--input', type=existing_folder, default=osp.join(REPO, osp.pardir, 'shared', 'datasets'),
                         help='folder whose sub-folders are the sets (default: ../shared/datasets)')
-    parser.add_argument('--output', default=osp.join(REPO, 'datasets'), help='default: datasets/ of this repository')
+    parser.add_argument('--output', type=output_folder, default=osp.join(REPO, 'datasets'),
+                        help='default: datasets/ of this repository')
     parser.add_argument('--sets', nargs='*', help='set names (default: every sub-folder of --input)')
-    parser.add_argument('--scales', type=int, nargs='*', default=[2, 3, 4], help='SR scales')
-    parser.add_argument('--mod', type=int, default=12, help='HR sizes are cropped to a multiple of this')
+    parser.add_argument('--scales', type=positive_int, nargs='*', default=[2, 3, 4], help='SR scales')
+    parser.add_argument('--mod', type=positive_int, default=12, help='HR sizes are cropped to a multiple of this')
     parser.add_argument('--tasks', nargs='+', choices=TASKS, default=list(TASKS))
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
+    for scale in args.scales:
+        if args.mod % scale:
+            parser.error(f'--mod: {args.mod} is not a multiple of scale {scale}; use e.g. 12')
+    missing = [name for name in args.sets or () if not osp.isdir(osp.join(args.input, name))]
+    if missing:
+        parser.error(f'--sets: {missing[0]} is not a folder of {args.input}; give the names of its sub-folders')
     import acla_basicsr  # noqa: F401  (makes basicsr importable with current torchvision)
     from acla_basicsr.data.prepare_util import PrepareError, list_images
 
-    for scale in args.scales:
-        if args.mod % scale:
-            sys.exit(f'error: --mod {args.mod} is not a multiple of scale {scale}; use e.g. 12.')
-    if not osp.isdir(args.input):
-        sys.exit(f'error: {args.input}: no such folder; give the folder that holds the benchmark sets.')
     sets = args.sets or sorted(d for d in os.listdir(args.input) if osp.isdir(osp.join(args.input, d)))
     try:
         for name in sets:

@@ -36,12 +36,13 @@ Usage::
 
 ``--limit N`` takes the first N images of each source (a quick build for tests).
 """
-import argparse
 import os
 import os.path as osp
 import sys
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+sys.path.insert(0, REPO)
+from acla_basicsr.cli.args import ArgumentParser, output_folder, positive_int  # noqa: E402
 SOURCES = ('skimage', 'Sun_Hays80', 'CBSD68')
 DONE_FILE = 'prepared.txt'
 
@@ -136,18 +137,17 @@ def prepare(root, shared, crop=120, step=120, scales=(2, ), limit=None, force=Fa
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--shared', default=osp.join(REPO, os.pardir, 'shared', 'datasets'),
                         help='folder holding Sun_Hays80/ and CBSD68/ (default: ../shared/datasets)')
-    parser.add_argument('--root', default=osp.join(REPO, 'datasets', 'compare'), help='output folder')
-    parser.add_argument('--crop', type=int, default=120, help='HR sub-image size (default: 120)')
-    parser.add_argument('--step', type=int, default=120, help='stride between sub-images (default: 120)')
-    parser.add_argument('--scales', type=int, nargs='+', default=[2], help='LR scales (default: 2)')
-    parser.add_argument('--limit', type=int, help='only the first N images of each source')
+    parser.add_argument('--root', type=output_folder, default=osp.join(REPO, 'datasets', 'compare'),
+                        help='output folder')
+    parser.add_argument('--crop', type=positive_int, default=120, help='HR sub-image size (default: 120)')
+    parser.add_argument('--step', type=positive_int, default=120, help='stride between sub-images (default: 120)')
+    parser.add_argument('--scales', type=positive_int, nargs='+', default=[2], help='LR scales (default: 2)')
+    parser.add_argument('--limit', type=positive_int, help='only the first N images of each source')
     parser.add_argument('--force', action='store_true', help='rebuild even if the folder is prepared')
     args = parser.parse_args(argv)
-    if args.crop < 1 or args.step < 1 or (args.limit is not None and args.limit < 1):
-        parser.error('--crop, --step and --limit must be positive integers')
     sys.path[:0] = [REPO, osp.dirname(osp.abspath(__file__))]
     import acla_basicsr  # noqa: F401  (makes basicsr importable with current torchvision)
     from acla_basicsr.data.prepare_util import PrepareError

@@ -15,7 +15,6 @@ end, so an interrupted run leaves nothing half-written; a second run does nothin
 
 Usage: python scripts/prepare_example_data.py [--root datasets/example] [--force]
 """
-import argparse
 import os
 import os.path as osp
 import shutil
@@ -102,11 +101,13 @@ def prepare(root, force=False):
 
 def main(argv=None):
     repo = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--root', default=osp.join(repo, 'datasets', 'example'), help='output folder')
+    sys.path.insert(0, repo)
+    from acla_basicsr.cli.args import ArgumentParser, output_folder
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--root', type=output_folder, default=osp.join(repo, 'datasets', 'example'),
+                        help='output folder')
     parser.add_argument('--force', action='store_true', help='rebuild even if the folder is prepared')
     args = parser.parse_args(argv)
-    sys.path.insert(0, repo)
     import acla_basicsr  # noqa: F401  (makes basicsr importable with current torchvision)
     prepare(args.root, args.force)
 

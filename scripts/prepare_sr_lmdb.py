@@ -24,7 +24,6 @@ Usage (the defaults make the files the full-size configs read)::
     python scripts/prepare_sr_lmdb.py --input datasets/DIV2K/DIV2K_train_HR
     python scripts/prepare_sr_lmdb.py --input my_hr_folder --output datasets/mine --name mine --scales 2 4
 """
-import argparse
 import os
 import shutil
 import sys
@@ -33,6 +32,9 @@ from multiprocessing import Pool
 from os import path as osp
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
+sys.path.insert(0, REPO)
+from acla_basicsr.cli.args import (ArgumentParser, existing_folder, non_negative_int, output_folder,  # noqa: E402
+                                   positive_int)
 
 
 def extract_subimages(name, input_dir, hr_dir, crop_size, step, thresh_size):
@@ -155,20 +157,25 @@ def prepare(input_dir, output_dir, name, scales, crop_size=480, step=240, thresh
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--input', default=osp.join(REPO, 'datasets', 'DIV2K', 'DIV2K_train_HR'),
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--input', type=existing_folder, default=osp.join(REPO, 'datasets', 'DIV2K', 'DIV2K_train_HR'),
                         help='folder of HR images (default: datasets/DIV2K/DIV2K_train_HR of this repository)')
-    parser.add_argument('--output', default=osp.join(REPO, 'datasets', 'DIV2K'),
+    parser.add_argument('--output', type=output_folder, default=osp.join(REPO, 'datasets', 'DIV2K'),
                         help='folder of the sub-images and LMDBs (default: datasets/DIV2K of this repository)')
     parser.add_argument('--name', default='DIV2K_train', help='prefix of the output names')
-    parser.add_argument('--scales', type=int, nargs='*', default=[2, 3, 4], help='LR scales (none: HR only)')
-    parser.add_argument('--crop-size', type=int, default=480, help='HR sub-image size')
-    parser.add_argument('--step', type=int, default=240, help='stride between sub-images')
-    parser.add_argument('--thresh-size', type=int, default=0, help='edge remainder above which a last crop is added')
-    parser.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1), help='processes')
+    parser.add_argument('--scales', type=positive_int, nargs='*', default=[2, 3, 4], help='LR scales (none: HR only)')
+    parser.add_argument('--crop-size', type=positive_int, default=480, help='HR sub-image size')
+    parser.add_argument('--step', type=positive_int, default=240, help='stride between sub-images')
+    parser.add_argument('--thresh-size', type=non_negative_int, default=0,
+                        help='edge remainder above which a last crop is added')
+    parser.add_argument('--workers', type=positive_int, default=min(4, os.cpu_count() or 1), help='processes')
     parser.add_argument('--no-verify', action='store_true', help='skip opening every key at the end')
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
+    for scale in args.scales:
+        if args.crop_size % scale:
+            parser.error(f'--crop-size: {args.crop_size} is not divisible by scale {scale}; use e.g. 480')
+    if not args.name or os.sep in args.name:
+        parser.error(f'--name: {args.name!r} is not a file name prefix; give one such as DIV2K_train')
     import acla_basicsr  # noqa: F401  (makes basicsr importable with current torchvision)
     from acla_basicsr.data.prepare_util import PrepareError
     try:

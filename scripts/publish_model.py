@@ -21,7 +21,6 @@ Usage::
 Bad input (a missing or unreadable checkpoint, one that does not fit the options' network, an unreadable
 log, a log of other weights) ends with one ``error:`` line naming the file, and exit status 2.
 """
-import argparse
 import glob
 import os
 import re
@@ -31,13 +30,10 @@ from os import path as osp
 
 REPO = osp.abspath(osp.join(osp.dirname(__file__), osp.pardir))
 sys.path.insert(0, REPO)
+from acla_basicsr.cli.args import (ArgumentParser, existing_file, fail, output_folder,  # noqa: E402
+                                   positive_int)
 
 LICENSE = 'apache-2.0'  # the project's LICENSE
-
-
-def fail(message):
-    print(f'error: {message}', file=sys.stderr)
-    sys.exit(2)
 
 
 def rel(path):
@@ -142,21 +138,27 @@ def train_iterations(train_log):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('-opt', required=True, help='the train (or test) options file the network was trained with')
-    parser.add_argument('--model', required=True, help='the checkpoint, e.g. experiments/X/models/net_g_latest.pth')
-    parser.add_argument('--out', required=True, help='zoo folder, e.g. model_zoo')
+    parser = ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('-opt', required=True, type=existing_file,
+                        help='the train (or test) options file the network was trained with')
+    parser.add_argument('--model', required=True, type=existing_file,
+                        help='the checkpoint, e.g. experiments/X/models/net_g_latest.pth')
+    parser.add_argument('--out', required=True, type=output_folder, help='zoo folder, e.g. model_zoo')
     parser.add_argument('--name', help='file name stem (default: the options name)')
     parser.add_argument('--param-key', choices=('params_ema', 'params'),
                         help='parameters to publish (default: params_ema if the checkpoint has it, else params)')
-    parser.add_argument('--metrics', nargs='*', default=[], help='test logs of acla_basicsr/test.py on these weights')
-    parser.add_argument('--train-log', help='training log: iterations, and the run it documents')
-    parser.add_argument('--iterations', type=int, help='training iterations (default: --train-log, else total_iter)')
+    parser.add_argument('--metrics', nargs='*', type=existing_file, default=[],
+                        help='test logs of acla_basicsr/test.py on these weights')
+    parser.add_argument('--train-log', type=existing_file, help='training log: iterations, and the run it documents')
+    parser.add_argument('--iterations', type=positive_int,
+                        help='training iterations (default: --train-log, else total_iter)')
     parser.add_argument('--train-command', help='the exact training command (default: train.py -opt OPTIONS)')
     parser.add_argument('--trained-on', default='not stated', help='hardware, e.g. "1 NVIDIA H100"')
     parser.add_argument('--description', default='', help='text for the card, after the standard paragraph')
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.name is not None and (not args.name or os.sep in args.name):
+        parser.error(f'--name: {args.name!r} is not a file name stem; give one such as ACLA_SRx2')
 
     import acla_basicsr  # noqa: F401  (registers the networks)
     from acla_basicsr.inference import read_options

@@ -334,4 +334,5 @@ def test_complexity_reports_a_checkpoints_measured_keys_and_effective_macs(tmp_p
     assert f'| ACLA effective (measured open keys) | {(dense + aggregation - saved) / 1e6:.3f} |' in run.stdout
     bad = subprocess.run([sys.executable, script, '-opt', str(tmp_path / 'opt.yml'), '--checkpoint',
                           str(tmp_path / 'missing.pth')], capture_output=True, text=True, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.strip() == f'error: --checkpoint: {tmp_path / "missing.pth"} is not a file.'
+    assert bad.returncode == 2 and bad.stderr.strip() == (f'error: --checkpoint: {tmp_path / "missing.pth"} does not '
+                                                          'exist; give an existing file (see complexity.py -h)')

@@ -66,7 +66,7 @@ def test_a_hung_step_is_killed_and_the_next_runs(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize('argv, message', [
-    (['--device', 'gpu'], "--device: 'gpu' is not 'cuda' or 'cpu'."),
+    (['--device', 'gpu'], "--device: 'gpu' is not 'cuda' or 'cpu'"),
     (['--steps', 'tests', 'nope'], '--steps: nope unknown'),
     (['--budget', '5'], '--budget: 5 s is too short'),
 ])

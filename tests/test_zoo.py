@@ -122,7 +122,7 @@ def test_publish_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, caps
     args = ['-opt', opt, '--model', ckpt, '--out', str(tmp_path / 'zoo')]
     if case == 'missing':
         args[3] = str(tmp_path / 'nothing.pth')
-        expected = f'error: {tmp_path / "nothing.pth"}: no such checkpoint'
+        expected = f'error: --model: {tmp_path / "nothing.pth"} does not exist'
     elif case == 'mismatch':
         args[1] = training_checkpoint(tmp_path, 'ENLCN')[1]
         expected = f'error: {ckpt}: does not fit network_g (ENLCN)'

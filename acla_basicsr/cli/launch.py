@@ -11,10 +11,13 @@ For the duration of one run (:func:`acla_basicsr.compat.replaced_globals`), ``tr
 - ``build_dataset`` whose datasets name an image that cannot be decoded mid-run in one line, or skip it with
   ``skip_bad_images`` (:mod:`acla_basicsr.data.bad_images`).
 """
+import copy
+import os
 import re
 import sys
 
 from acla_basicsr import compat
+from acla_basicsr.cli.args import ArgumentParser, fail, non_negative_int
 from acla_basicsr.config.checks import check_options
 from acla_basicsr.config.files import project_root, read_options_file, resolve_relative_paths
 from acla_basicsr.config.schema import check_schema
@@ -120,6 +123,78 @@ def run_pipeline(pipeline, root_path):
         sys.exit(2)
 
 
+# the environment that each launcher needs: torchrun's and slurm's variables
+LAUNCHER_ENV = {'pytorch': ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'),
+                'slurm': ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')}
+
+
+def command_line_parser(kind):
+    """The arguments of basicsr 1.4.2's ``parse_options``, parsed by :class:`~acla_basicsr.cli.args.ArgumentParser`."""
+    parser = ArgumentParser(prog=f'{kind}.py', description=f'{kind.capitalize()} with basicsr and acla_basicsr.')
+    parser.add_argument('-opt', required=True, help='options YAML file')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm'], default='none', help='job launcher')
+    parser.add_argument('--auto_resume', action='store_true', help='resume from the newest training state')
+    parser.add_argument('--debug', action='store_true', help='debug_ run: validate and save every 8 iterations')
+    parser.add_argument('--local_rank', type=non_negative_int, default=0, help='set by torch.distributed.launch')
+    parser.add_argument('--force_yml', nargs='+', default=None, metavar='KEY:SUBKEY=VALUE',
+                        help='override options, e.g. train:total_iter=1000 logger:print_freq=10')
+    return parser
+
+
+def forced_options(raw, entries, is_train):
+    """``raw`` (an options file as read) checked by the schema, then with the ``--force_yml`` entries applied
+    as basicsr applies them, each checked again.
+
+    Raises:
+        OptionError: naming the option of the file, or the entry: no ``=``, an empty key, a key path whose
+            sections are not in the options, or a key or value that the options schema refuses.
+    """
+    from basicsr.utils.options import _postprocess_yml_value
+    check_schema(raw, is_train=is_train, warn=lambda line: None)  # warned once, after basicsr parses it
+    opt = copy.deepcopy(raw)
+    for entry in entries:
+        where = f'--force_yml {entry}'
+        if entry.count('=') != 1 or not entry.split('=')[0].strip():
+            raise OptionError(f'{where}: expected KEY:SUBKEY=VALUE with one =, such as train:total_iter=1000.')
+        keys, value = (v.strip() for v in entry.split('='))
+        keys = keys.split(':')
+        section = opt
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(section.get(key), dict):
+                raise OptionError(f"{where}: {':'.join(keys[:depth + 1])} is not a section of the options file; "
+                                  '--force_yml sets options in its sections; add the section to the file.')
+            section = section[key]
+        try:
+            section[keys[-1]] = _postprocess_yml_value(value)
+        except Exception as error:  # noqa: B902  # a list value that Python cannot read
+            raise OptionError(f'{where}: {value} is not a value ({error}); write a list as [1, 2].') from None
+        try:
+            check_schema(opt, is_train=is_train, warn=lambda line: None)
+        except OptionError as error:
+            raise OptionError(f'{where}: {error}') from None
+    return opt
+
+
+def check_command_line(kind, argv):
+    """Parse and check ``train.py``'s or ``test.py``'s arguments before anything is imported or created.
+
+    A malformed command line ends with one line on stderr and exit status 2 (:mod:`acla_basicsr.cli.args`):
+    an unknown or missing argument, an ``-opt`` that is missing, a folder or not YAML, options that the schema
+    refuses, a ``--force_yml`` entry without ``=`` or with an unknown key, a launcher without its environment.
+    """
+    args = command_line_parser(kind).parse_args(argv)
+    try:
+        forced_options(read_options_file(args.opt), args.force_yml or [], is_train=kind == 'train')
+    except OptionError as error:
+        fail(error)
+    missing = [v for v in LAUNCHER_ENV.get(args.launcher, ()) if v not in os.environ]
+    if missing:
+        start = 'torchrun --nproc_per_node=N' if args.launcher == 'pytorch' else 'srun'
+        fail(f'--launcher {args.launcher}: {missing[0]} is not set; start the run with {start} '
+             f'{kind}.py ... --launcher {args.launcher}, or leave out --launcher to run one process.')
+    return args
+
+
 def console_train():
     """The console command ``acla-train``: ``acla_basicsr/train.py`` with :func:`project_root`."""
     main('train', project_root())
@@ -130,8 +205,14 @@ def console_test():
     main('test', project_root())
 
 
-def main(kind, root_path):
-    """Entry point of ``acla_basicsr/train.py`` (kind 'train') and ``acla_basicsr/test.py`` ('test')."""
+def main(kind, root_path, argv=None):
+    """Entry point of ``acla_basicsr/train.py`` (kind 'train') and ``acla_basicsr/test.py`` ('test').
+
+    ``argv`` (default ``sys.argv[1:]``) is checked first (:func:`check_command_line`), then handed to basicsr.
+    """
+    argv = normalise_argv(sys.argv[1:] if argv is None else list(argv))
+    check_command_line(kind, argv)
+    sys.argv = sys.argv[:1] + argv
     if kind == 'train':
         from basicsr.train import train_pipeline as pipeline
     else:

@@ -10,33 +10,34 @@ Every readable image of ``-i`` (a file or a folder) is restored and written to `
 on one line and skipped; the others are restored, and the exit status is 1. A wrong argument ends with one
 line naming it and the fix, exit status 2, before anything is written. The peak memory is printed at the end.
 """
-import argparse
 import os
 import os.path as osp
 import sys
 
+from acla_basicsr.cli.args import ArgumentParser, existing_file, non_negative_int, torch_device
 from acla_basicsr.errors import OptionError
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='acla-restore',
         description='Restore or super-resolve images with a network of acla_basicsr; no ground truth needed.')
-    parser.add_argument('-opt', required=True, help='options YAML with network_g (any train or test file)')
-    parser.add_argument('--model', default=None,
+    parser.add_argument('-opt', required=True, type=existing_file, help='options YAML with network_g (any train or test file)')
+    parser.add_argument('--model', type=existing_file, default=None,
                         help='checkpoint .pth (default: path.pretrain_network_g of the options)')
     parser.add_argument('--param-key', default=None,
                         help='parameters in the checkpoint (default: params_ema if present, else params)')
     parser.add_argument('-i', '--input', required=True, help='an image or a folder of images')
     parser.add_argument('-o', '--output', required=True, help='output folder (created)')
-    parser.add_argument('--tile', type=int, default=0,
+    parser.add_argument('--tile', type=non_negative_int, default=0,
                         help='tile side in input pixels, to bound memory on large images (default 0: no tiles)')
-    parser.add_argument('--tile-pad', type=int, default=16,
+    parser.add_argument('--tile-pad', type=non_negative_int, default=16,
                         help='context around every tile in input pixels (default 16)')
     parser.add_argument('--self-ensemble', action='store_true', help='average the 8 flips/rotations (x8 time)')
     parser.add_argument('--half', action='store_true', help='float16 autocast on CUDA, bfloat16 on the CPU')
     parser.add_argument('--suffix', default='', help='append _SUFFIX to the output names (default: none)')
-    parser.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
+    parser.add_argument('--device', type=torch_device, default=None,
+                        help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     return parser.parse_args(argv)
 
 
@@ -70,7 +71,10 @@ def output_paths(inputs, folder, suffix):
 
 def main(argv=None):
     """Entry point of ``acla-restore`` and ``scripts/inference.py``; returns the exit status."""
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SystemExit as exit:  # -h (0) or a malformed command line (2, its line printed)
+        return exit.code
     try:
         import torch
         from tqdm import tqdm
@@ -78,15 +82,7 @@ def main(argv=None):
         from acla_basicsr.inference import (check_tile, load_network, peak_memory_mib, read_image, restore,
                                                   write_image)
         check_tile(args.tile, args.tile_pad, '--tile', '--tile-pad')
-        if args.device is not None:
-            try:
-                device = torch.device(args.device)
-                torch.empty(0, device=device)
-            except (RuntimeError, AssertionError) as error:
-                raise OptionError(f'--device: {args.device} is not usable here ({str(error).splitlines()[0]}); '
-                                  'use cpu or a visible cuda device.') from None
-        else:
-            device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         inputs = list_inputs(args.input)
         if osp.exists(args.output) and not osp.isdir(args.output):
             raise OptionError(f'-o: {args.output} is a file; give a folder for the restored images.')

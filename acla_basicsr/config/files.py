@@ -9,6 +9,8 @@ from acla_basicsr.errors import OptionError
 
 def read_options_file(path):
     """An options YAML file as a dict; a one-line :class:`OptionError` for a missing, invalid or non-mapping file."""
+    if os.path.isdir(path):
+        raise OptionError(f'-opt: {path} is a folder; give the path of an options YAML file.')
     if not os.path.isfile(path):
         raise OptionError(f'-opt: {path} does not exist; give the path of an options YAML file.')
     try:
