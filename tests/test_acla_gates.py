@@ -17,7 +17,7 @@ from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
 from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
-from acla_basicsr.archs.cla_modules import AdaptiveCrossLayerAttention
+from acla_basicsr.archs.cla_modules import KEY_STATS_DECAY, AdaptiveCrossLayerAttention
 from acla_basicsr.archs.macs import counted_macs
 from acla_basicsr.models.search_export import CONFIG_FILE
 from acla_basicsr.models.schedule_options import macs_weight
@@ -196,6 +196,26 @@ def test_gate_noise_is_annealed_to_the_evaluation_gates(tmp_path, data):
             tiny_acla_options(tmp_path, 8, gate_temperature={'noise_end': 2}))
 
 
+def test_logged_open_keys_are_a_moving_average_of_the_training_passes():
+    """One batch of patches is a noisy estimate of the open keys; the log line gets their moving average."""
+    torch.manual_seed(0)
+    net = tiny_edsr(attention='acla', insert_positions=[1, 3]).train()
+    with torch.no_grad():
+        for module in net.attention:
+            module.gate.weight.normal_()
+    passes = []
+    for _ in range(3):
+        net(torch.rand(2, 3, 12, 12))
+        passes.append(net.attention[1].last_active_keys.clone())
+    expected = passes[0]
+    for current in passes[1:]:
+        expected = expected * KEY_STATS_DECAY + current * (1 - KEY_STATS_DECAY)
+    torch.testing.assert_close(net.attention[1].smoothed_active_keys, expected)
+    assert net.training_stats()['keys_p3_p1'] == pytest.approx(expected[1].item())
+    net.eval()(torch.rand(2, 3, 12, 12))  # evaluation passes do not enter the training average
+    torch.testing.assert_close(net.attention[1].smoothed_active_keys, expected)
+
+
 def test_macs_weight_is_ramped_in_after_start_iter():
     penalty = {'lambda': 0.4, 'start_iter': 10, 'ramp_iter': 20}
     assert [macs_weight(penalty, it) for it in (5, 10, 11, 20, 30, 50)] == pytest.approx([0, 0, 0.02, 0.2, 0.4, 0.4])
@@ -218,8 +238,8 @@ def test_macs_penalty_closes_keys_and_is_multiplicative(tmp_path, data):
             model.optimize_parameters(it)
         rec = model.log_dict['l_pix']
         assert model.log_dict['l_macs'] == pytest.approx(rec * lam * model.log_dict['macs_ratio'], rel=1e-4)
-        stats = net.training_stats()  # open keys (of 4) per key layer in the last step
-        open_keys[lam] = sum(stats.values()) / len(stats) / 4
+        stats = [v for layers in net.active_keys().values() for v in layers.values()]  # the last step's, of 4
+        open_keys[lam] = sum(stats) / len(stats) / 4
     assert open_keys[20.0] < 0.1 and open_keys[0.0] > 0.3, open_keys
     with pytest.raises(OptionError, match=r'^train\.macs_penalty\.lambda: missing'):
         build_model(tiny_acla_options(tmp_path, 8)).check_options(tiny_acla_options(tmp_path, 8, macs_penalty={}))

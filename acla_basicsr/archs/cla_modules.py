@@ -63,6 +63,8 @@ from torch.utils.checkpoint import checkpoint
 DEFAULT_MAX_MEMORY_MB = 1024
 # Smallest key-layer weight taken to the log for the softmax's shift; a layer weighted exactly 0 has none.
 LOG_FLOOR = 1e-30
+# Decay of the moving average of the open keys over training passes (AdaptiveCrossLayerAttention.smoothed_active_keys).
+KEY_STATS_DECAY = 0.98
 # Largest exponent of a removed key layer's logits above the shift (float32 sums of K*L such terms stay finite).
 EXP_CAP = 60.0
 # Approximate bytes per element in forward + backward (measured with a fresh-process peak-RSS probe):
@@ -824,7 +826,9 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
     output as it changes the evaluation output (:meth:`CrossLayerAttention.key_weights`).
 
     Observable after each forward pass: :attr:`last_active_keys` ((L,) mean number of open keys per key layer,
-    detached); after each training pass :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g / max(s, t)),
+    detached), and after training passes their moving average :attr:`smoothed_active_keys` (decay 0.98, about the
+    last 50 steps: one batch of patches is a noisy estimate, its open fraction varied from 0.02 to 0.67 between
+    batches of the trained demo network, docs/cla_acla.md); after each training pass :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g / max(s, t)),
     differentiable: the expectation the MAC penalty uses). Evaluation passes also accumulate the open keys until
     :meth:`reset_key_stats` (:meth:`measured_active_keys`), for the effective MACs of a trained network.
 
@@ -859,6 +863,7 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         nn.init.zeros_(self.gate.weight)
         nn.init.constant_(self.gate.bias, self.gate_bias_init)
         self.last_active_keys = None
+        self.smoothed_active_keys = None
         self.expected_open_keys = None
         self.reset_key_stats()
 
@@ -897,6 +902,10 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
             gates = (logits > 0).to(logits)
         active = gates.detach().sum(2)
         self.last_active_keys = active.mean((0, 2, 3))
+        if self.training:
+            previous = self.smoothed_active_keys
+            self.smoothed_active_keys = self.last_active_keys if previous is None else (
+                previous * KEY_STATS_DECAY + self.last_active_keys * (1 - KEY_STATS_DECAY))
         if self.training:  # the expectation the MAC term differentiates: P(g + s L > 0) = sigmoid(g / s)
             self.expected_open_keys = torch.sigmoid(logits / max(self.noise, self.temperature)).sum(2).mean((0, 2, 3))
         else:

@@ -133,8 +133,12 @@ class CrossLayerAttentionMixin:
         """Names of the key layers of the ``index``-th module: 'head', then 'p<position>' of earlier modules."""
         return ['head'] + [f'p{p}' for p in self.insert_positions[:index]]
 
-    def active_keys(self):
+    def active_keys(self, smoothed=False):
         """Mean number of open keys per key layer in the last forward pass of every ACLA module.
+
+        Args:
+            smoothed (bool): Their moving average over the training passes instead (``smoothed_active_keys``).
+                Default: False.
 
         Returns:
             dict: ``{position: {key layer name: mean open keys}}``; empty for other attention types or before
@@ -142,15 +146,16 @@ class CrossLayerAttentionMixin:
         """
         result = {}
         for index, (position, module) in enumerate(zip(self.insert_positions, self.attention)):
-            active = getattr(module, 'last_active_keys', None)
+            active = getattr(module, 'smoothed_active_keys' if smoothed else 'last_active_keys', None)
             if active is not None:
                 result[position] = dict(zip(self.key_layer_names(index), active.tolist()))
         return result
 
     def training_stats(self):
-        """Values logged by RestorationModel: ``keys_p<query position>_<key layer>`` = mean open keys (ACLA)."""
+        """Values logged by RestorationModel: ``keys_p<query position>_<key layer>`` = mean open keys (ACLA), a
+        moving average over about the last 50 training steps."""
         return {f'keys_p{position}_{name}': value
-                for position, layers in self.active_keys().items() for name, value in layers.items()}
+                for position, layers in self.active_keys(smoothed=True).items() for name, value in layers.items()}
 
     def set_temperature(self, temperature, noise=None):
         """Set the gate temperature (and the gate noise scale, unless None) of every ACLA module

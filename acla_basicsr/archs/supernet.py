@@ -279,8 +279,9 @@ class PositionSearchMixin:
         return state
 
     def training_stats(self):
-        """Logged by RestorationModel: the mean number of open keys over every candidate and key layer."""
-        active = [module.last_active_keys for module in self.attention if module.last_active_keys is not None]
+        """Logged by RestorationModel: the mean number of open keys over every candidate and key layer (moving
+        average over the training steps)."""
+        active = [module.smoothed_active_keys for module in self.attention if module.smoothed_active_keys is not None]
         if not active:
             return {}
         return {'keys_open': torch.cat(active).mean().item()}
