@@ -67,6 +67,23 @@ def test_expected_macs_is_the_expectation_over_independent_gates():
     assert (net.arch_logits.grad > 0).all()
 
 
+def test_mac_gradient_charges_each_candidate_its_share():
+    """Issue 21: the gradient of E[added MACs] in the position probabilities charges each candidate its module
+    and half of each key-layer pair it is part of, so the charges sum to E (the plain derivative charges every
+    pair in full to both candidates)."""
+    net = ACLASuperEDSR(num_feat=8, num_block=4, num_keys=3)
+    probs = torch.tensor([0.9, 0.3, 0.6, 0.8], dtype=torch.float64, requires_grad=True)
+    total = net.expected_attention_macs(16, 16, probs)
+    grad, = torch.autograd.grad(total, probs)
+    assert (probs * grad).sum().item() == pytest.approx(total.item(), rel=1e-12)
+    # against the exact derivative: the same own term, half the pair terms
+    exact, = torch.autograd.grad(sum(probs[i] * net.attention[i].expected_macs(
+        16, 16, torch.cat((probs.new_ones(1), probs[:i]))) for i in range(4)), probs)
+    own = torch.stack([net.attention[i].expected_macs(16, 16, torch.cat((probs.new_ones(1), probs.new_zeros(i))))
+                       for i in range(4)]).detach()
+    torch.testing.assert_close(grad, own + 0.5 * (exact - own))
+
+
 def test_closed_position_is_neither_query_nor_key():
     torch.manual_seed(0)
     net = ACLASuperEDSR(num_feat=8, num_block=3, num_keys=4).eval()

@@ -203,6 +203,12 @@ class PositionSearchMixin:
         the last forward pass), in float64. With ``key_gates=False, aggregation=False`` and 0/1 probabilities
         this is the attention MACs of the final network as torch's flop counter counts them (tested).
 
+        The value is E; its gradient in the position probabilities is each candidate's *share* of it: its own
+        module (output projection, head key layer) plus half of every key-layer pair it belongs to,
+        ``dE/dP_p = a_p + 1/2 sum_{q != p} P_q c_pq``, so that ``sum_p P_p dE/dP_p = E`` (Euler's identity for
+        shares; the plain derivative charges every pair in full to both of its candidates, twice its cost in
+        sum: docs/search.md).
+
         Args:
             height (int): Feature (= LR input) height.
             width (int): Feature width.
@@ -217,15 +223,21 @@ class PositionSearchMixin:
         if probs is None:
             probs = torch.sigmoid(self.arch_logits)
         probs = torch.as_tensor(probs).to(torch.float64)
-        layer_probs = torch.cat((probs.new_ones(1), probs))
+        fixed = probs.detach()
+        head_only = torch.cat((probs.new_ones(1), probs.new_zeros(len(probs))))
         total = probs.new_zeros(())
         for index, module in enumerate(self.attention):
             saved = module.expected_open_keys
             if not key_gates:
                 module.expected_open_keys = None
             try:
-                total = total + probs[index] * module.expected_macs(height, width, layer_probs[:index + 1],
-                                                                    aggregation)
+                layers = torch.cat((probs.new_ones(1), probs[:index]))
+                own = module.expected_macs(height, width, head_only[:index + 1], aggregation)  # a_p
+                with_pairs = module.expected_macs(height, width, layers, aggregation)  # a_p + sum_q P_q c_pq
+                pairs_fixed = module.expected_macs(height, width, layers.detach(), aggregation)
+                # value P_p m_p; gradient: a_p and half of each pair for P_p, half of each pair for P_q
+                total = total + (probs[index] * own + 0.5 * probs[index] * (pairs_fixed - own)
+                                 + 0.5 * fixed[index] * (with_pairs - own))
             finally:
                 module.expected_open_keys = saved
         return total
