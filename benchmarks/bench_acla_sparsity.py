@@ -4,9 +4,10 @@ Part 1: one ACLA module (C=64, K=16, L=5, 48x48, batch 1, eval, no_grad) with 10
 open, against the same module forced dense (``sparse_eval = False``: every key's offsets and aggregation, every
 value projection) and a CLA module with the same K, C, L (dense). The gate logits get a per-key threshold (the
 bias) at the quantile of their values over the pixels that opens the wanted fraction of each key (so the open set
-varies from pixel to pixel); the measured fraction is printed. Also the aggregation alone: the sparse
-``aggregate_open_keys`` over the open keys (from the projected table) against the dense ``sample_keys`` over
-every key (weights of the closed keys 0).
+varies from pixel to pixel); the measured fraction is printed. Also the aggregation alone, both from the
+projected values, both building their padded table: the sparse ``aggregate_open_keys`` (corners of every key, the
+open ones selected, one ``embedding_bag``) against the dense ``sample_keys`` over every key (weights of the
+closed keys 0).
 
 Part 2: forward time (eval, no_grad, batch 1, ``--size`` LR, x2) of EDSR-large (ACLAEDSR num_feat 256,
 num_block 32, res_scale 0.1) with ACLA at the positions of ACLA Table 9 (3, 12, 26, 31, 32) and about
@@ -34,7 +35,7 @@ import torch  # noqa: E402
 
 from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR  # noqa: E402
 from acla_basicsr.archs.cla_modules import (AdaptiveCrossLayerAttention, CrossLayerAttention,  # noqa: E402
-                                            aggregate_open_keys, sample_keys)
+                                            _padded_table, aggregate_open_keys, sample_keys)
 
 SEARCHED = [3, 12, 26, 31, 32]  # ACLA Table 9, EDSR SR (scripts/complexity.py)
 EDSR_LARGE = dict(num_feat=256, num_block=32, res_scale=0.1, upscale=2)
@@ -86,22 +87,24 @@ def open_fraction(module, x, fraction):
 
 
 def sparse_inputs(module, x, keys):
-    """What ``aggregate_open_keys`` reads, for the open keys of ``module`` (the steps of ``_sparse_update``)."""
+    """What the sparse aggregation reads (the steps of ``_sparse_update``, one chunk): the projected layers' values,
+    the offsets, weights and gates of all their keys in the (pixel, layer, key) order of the bags."""
     b, c, h, w = x.shape
     num_layers, k = module.num_key_layers, module.num_keys
     with torch.no_grad():
         weights, gates = module._weights_and_gates(x, None)
-        weights = weights.permute(0, 3, 4, 1, 2).contiguous().view(-1)
-        pair = (gates != 0).permute(0, 3, 4, 1, 2).reshape(-1).nonzero().squeeze(1)
-        layers = (gates != 0).transpose(0, 1).reshape(num_layers, -1).any(1).nonzero().squeeze(1).tolist()
-        slot = torch.zeros(num_layers, dtype=torch.long)
-        slot[layers] = torch.arange(len(layers))
-        table = module._project_values(keys, layers).view(-1, c)
-        pixel, key = torch.div(pair, num_layers * k, rounding_mode='floor'), pair % (num_layers * k)
-        offsets = module.offset(x).view(b, num_layers * k, 2, h * w).permute(0, 3, 1, 2).reshape(-1, 2)
-        offsets = offsets.index_select(0, pair)
-        return table, offsets, pixel, slot.index_select(0, torch.div(key, k, rounding_mode='floor')), \
-            weights.index_select(0, pair), (b, h, w)
+        is_open = gates != 0
+        layers = is_open.transpose(0, 1).reshape(num_layers, -1).any(1).nonzero().squeeze(1)
+        values = module._project_values(keys, layers.tolist()).permute(1, 0, 4, 2, 3)
+        num = layers.numel()
+        offsets = module.offset(x).view(b, num_layers, k, 2, h, w).permute(0, 4, 5, 1, 2, 3)[:, :, :, layers]
+        weights, is_open = (t.permute(0, 3, 4, 1, 2)[:, :, :, layers].reshape(-1, num, k) for t in (weights, is_open))
+        return values, offsets.reshape(-1, num, k, 2).contiguous(), weights, is_open, (b, h, w)
+
+
+def sparse_aggregation(values, offsets, weights, is_open, size):
+    """The aggregation of the open keys as ``_sparse_update`` runs it: the padded table, then the open keys' sum."""
+    return aggregate_open_keys(_padded_table(values), offsets, weights, is_open, 0, size)
 
 
 def dense_inputs(module, x, keys):
@@ -135,7 +138,7 @@ def bench_module(args):
                 'sparse': lambda: acla(x, keys),
                 'dense': lambda: forced(x, keys),
                 'cla': lambda: cla(x, keys),
-                'agg_sparse': lambda: aggregate_open_keys(*sparse_args),
+                'agg_sparse': lambda: sparse_aggregation(*sparse_args),
                 'agg_dense': lambda: sample_keys(*dense_args),
             }, args.repeat)
         ms = {k: 1e3 * v for k, v in t.items()}

@@ -10,8 +10,8 @@ the counter gives 93.85 G.
 
 With ``-opt OPTIONS --checkpoint CKPT`` it measures a trained ACLA network instead: it runs the network on the
 LR images of ``--images`` (default: the example validation images), counts the keys its gates keep open, and
-prints its effective MACs (``net.effective_macs``: the sparse evaluation, where a closed key computes neither its
-offsets nor its aggregation and a key layer without an open key is not projected; aggregation included) beside
+prints its effective MACs (``net.effective_macs``: the sparse evaluation, where a closed key is not aggregated
+and a key layer without an open key is neither projected nor given offsets; aggregation included) beside
 the dense count and the same network with CLA (every key open, no gates), each with its aggregation: ACLA
 Table 8's ACLA-below-CLA ordering, checked on a real network.
 

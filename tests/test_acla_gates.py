@@ -83,11 +83,11 @@ def test_straight_through_keys_are_exactly_closed_in_training_with_a_gradient():
 
 # ---------------------------------------------------------------------- MACs of open keys
 def test_macs_count_open_keys_and_effective_macs_follow_the_counter():
-    """The cost model of the sparse evaluation (docs/cla_acla.md): a closed key saves its offsets (2 C MACs per
-    pixel) and its aggregation (4 C), not its logit (the softmax runs over every logit) nor its gate; a key layer
-    without an open key also saves its value projection (C^2). Before issue 21 a closed key saved "3 C" (its
-    offsets and logit) while the dense evaluation computed everything; now the counts are what the code runs
-    (tests/test_sparse_eval.py checks them against the flop counter on the sparse path)."""
+    """The cost model of the sparse evaluation (docs/cla_acla.md): a closed key saves its aggregation (4 C MACs per
+    pixel), not its logit (the softmax runs over every logit) nor its gate nor its offsets (those of a projected key
+    layer are one matrix product for all its keys); a key layer without an open key saves its value projection
+    and offsets (C^2 + 2 K C). The counts are what the code runs (tests/test_sparse_eval.py checks them against
+    the flop counter on the sparse path)."""
     torch.manual_seed(0)
     net = randomise(tiny_edsr(attention='acla', num_keys=4), std=1.0).eval()
     for module in net.attention:
@@ -104,25 +104,25 @@ def test_macs_count_open_keys_and_effective_macs_follow_the_counter():
         net(x)
         assert net.effective_macs(*size) == pytest.approx(dense + aggregation, rel=1e-12)
         net.reset_key_stats()
-        for module in net.attention:  # close keys 0 and 1 of every key layer: they save 2 C + 4 C MACs each
+        for module in net.attention:  # close keys 0 and 1 of every key layer: they save their 4 C MACs each
             module.gate.bias.view(-1, 4)[:, :2] = -50.0
         net(x)
     measured = net.measured_active_keys()
     assert all(v == pytest.approx(2.0) for layers in measured.values() for v in layers)
-    saved = num_layer_pairs * 2 * (2 + 4) * c * hw
+    saved = num_layer_pairs * 2 * 4 * c * hw
     assert net.effective_macs(*size) == pytest.approx(dense + aggregation - saved, rel=1e-12)
-    with torch.no_grad():  # close every key of the head layer too: it is no longer projected (C^2 per module)
+    with torch.no_grad():  # close every key of the head layer too: no projection nor offsets (C^2 + 2 K C)
         net.reset_key_stats()
         for module in net.attention:
             module.gate.bias.view(-1, 4)[0] = -50.0
         net(x)
-    saved += len(net.attention) * (2 * (2 + 4) * c + c * c) * hw
+    saved += len(net.attention) * (2 * 4 * c + c * c + 2 * 4 * c) * hw
     assert net.effective_macs(*size) == pytest.approx(dense + aggregation - saved, rel=1e-12)
     # the MAC term (after a training pass): the expectation from sigmoid(g) of the same model; keys 0 and 1 of
     # every key layer closed, and keys 0 to 3 of the head layer
     net.train()(x)
     expected = net.expected_attention_macs(*size).item()
-    per_layer = [c * c + 2 * 4 * c + n * (2 + 4) * c for n in (0, 2, 2)]
+    per_layer = [c * c + 2 * 4 * c + 2 * 4 * c + n * 4 * c for n in (0, 2, 2)]  # projection, offsets, heads
     analytic = sum(hw * (c * c + sum(per_layer[:index + 1])) for index in range(len(net.attention)))
     assert expected == pytest.approx(analytic, rel=1e-6)
 

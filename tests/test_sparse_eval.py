@@ -1,5 +1,5 @@
-"""ACLA's sparse evaluation (issue 21): only open keys get offsets and aggregation, only key layers with an open key
-are projected; the same function as the dense path, and the MACs that the cost model says (flop counter)."""
+"""ACLA's sparse evaluation (issue 21): only open keys are aggregated, only key layers with an open key are projected
+and get offsets; the same function as the dense path, and the MACs that the cost model says (flop counter)."""
 import acla_basicsr  # noqa: F401  (before basicsr: makes it importable, registers the archs)
 import pytest
 import torch
@@ -66,13 +66,14 @@ def test_sparse_module_equals_dense(case):
 
 
 def test_sparse_chunks_and_unprojected_layers():
-    """Chunks of open keys (a tiny memory budget, a pixel's keys split across chunks) give the same output; a key
-    layer whose keys are all closed over the batch is not projected."""
+    """Chunks of query pixels (a tiny memory budget: one pixel a chunk, some chunks without an open key) give the
+    same output; a key layer whose keys are all closed over the batch is not projected."""
     module = gated_module()
     set_gates(module, 'mixed')
     with torch.no_grad():
         module.gate.bias.view(3, 4)[1] = -200.0  # key layer 1 closed everywhere
     x, keys = torch.randn(2, 8, 6, 5), [torch.randn(2, 8, 6, 5) for _ in range(3)]
+    x[1, 0, 2, 1:3] = -100.0  # two pixels with every key closed
     _, dense = both_paths(module, x, keys)
     module.reset_key_stats()
     module.max_memory_mb = 1e-3  # a few keys per chunk
@@ -158,3 +159,20 @@ def test_grid_sample_keeps_the_dense_path_for_the_onnx_export(monkeypatch):
         module.sampling_method = 'grid_sample'
         monkeypatch.setattr(module, '_sparse_update', None)  # would fail if called
         torch.testing.assert_close(module(x, keys), sparse, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_path_is_differentiable_in_evaluation_mode():
+    """An evaluated module with gradients enabled (attribution, a validation without no_grad) keeps the sparse path
+    and gets the dense path's gradients."""
+    module = gated_module()
+    set_gates(module, 'mixed')
+    x = torch.randn(2, 8, 5, 6, requires_grad=True)
+    keys = [torch.randn(2, 8, 5, 6, requires_grad=True) for _ in range(3)]
+    grads = []
+    for sparse in (True, False):
+        module.eval().sparse_eval = sparse
+        out = module(x, keys)
+        grads.append(torch.autograd.grad(out.square().sum(), [x, *keys, module.offset.weight, module.logit.weight]))
+    del module.sparse_eval
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

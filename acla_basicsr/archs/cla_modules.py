@@ -40,17 +40,20 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   computes the network without it, and a removed layer still gets the relaxed gradient ``d w / d lw`` that a
   straight-through position gate needs (:meth:`CrossLayerAttention.key_weights`).
 - Sparse evaluation (ACLA, ``not self.training``): the logits and gates of every key are computed by their 1x1
-  convs (the softmax runs over all K*L logits); only the open keys then get offsets (the query vectors and the
-  offset conv's weight rows of the open (pixel, key) pairs, one ``bmm``) and aggregation (one ``F.embedding_bag``
-  with a bag of any size per query pixel, over the channels-last table of the projected key layers), and a key
-  layer without an open key in the batch (or weighted 0 by the supernet) is not projected. The same function as
-  the dense path, which training keeps (its backward) and the ONNX export uses (``sampling_method='grid_sample'``).
+  convs (the softmax runs over all K*L logits); a key layer without an open key in the batch (or weighted 0 by
+  the supernet) is neither projected nor given offsets; the projected layers get the offsets of all their keys
+  (one matrix product, the offset conv's rows of those layers: a GEMM is far cheaper per MAC than gathering the
+  open (pixel, key) pairs, measured); only the open keys are aggregated (their corners selected by one mask, then
+  one ``F.embedding_bag`` with a bag of any size per query pixel over the padded channels-last table of the
+  projected key layers). The same function as the dense path, which training keeps (its backward) and the ONNX
+  export uses (``sampling_method='grid_sample'``).
 - Value projections: one batched matmul for all key layers (the parameters stay the 1x1 convs ``value.{l}``), its
   result the channels-last value table.
-- MACs (:func:`cla_macs`, the one formula): per pixel the output projection C^2, C^2 per projected key layer, C
-  per key for its logit and (ACLA) C for its gate, 2 C per open key for its offsets, and 4 C per open key for its
-  aggregation (the bilinear corners, not seen by torch's flop counter). A closed key saves its offsets and
-  aggregation, not its logit. :meth:`CrossLayerAttention.macs` counts them for a given number of open keys,
+- MACs (:func:`cla_macs`, the one formula): per pixel the output projection C^2; per projected key layer C^2 for
+  its value projection and 2 K C for the offsets of its K keys; C per key for its logit and (ACLA) C for its
+  gate; 4 C per open key for its aggregation (the bilinear corners, not seen by torch's flop counter). A closed
+  key saves only its aggregation; a key layer without an open key also saves its projection and offsets.
+  :meth:`CrossLayerAttention.macs` counts them for a given number of open keys and projected layers,
   :meth:`AdaptiveCrossLayerAttention.expected_macs` as a differentiable expectation for the MAC penalty of
   training and search.
 """
@@ -148,66 +151,6 @@ def _gather_from_table(table, shape, offsets, weights):
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
 
-# Approximate bytes per open key in the sparse evaluation besides its gathered query and offset weights (3 C
-# values): its indices, coordinates, 4 corner indices and weights.
-_BYTES_PER_SPARSE_ENTRY = 160
-# Largest step of the sparse evaluation (MiB), whatever the budget: measured on CPU (one thread, all keys open,
-# C=64, K=16, L=5, 48x48), one step for all keys took 2.4x the time of 32 MiB steps (fresh large allocations).
-_SPARSE_CHUNK_MB = 32
-
-
-def _sparse_corners(offsets, pixel, slot, weights, b, h, w):
-    """Rows and weights of the 4 bilinear corners of open keys in a (L', B, H, W, C) channels-last value table.
-
-    Args:
-        offsets (Tensor): (N, 2) offsets (dy, dx) of the open keys, in pixels.
-        pixel (Tensor): (N,) their query pixel, an index into B*H*W.
-        slot (Tensor): (N,) the position of their key layer among the projected layers.
-        weights (Tensor): (N,) their attention weights.
-        b, h, w (int): B, H, W.
-
-    Returns:
-        tuple[Tensor, Tensor]: index (4N,) and coef (4N,), the corners of each key together; a corner outside the
-        map has weight 0 (zero padding) and a clamped index.
-    """
-    offsets = offsets.to(torch.promote_types(offsets.dtype, torch.float32))  # see _pixel_coordinates
-    batch, rest = torch.div(pixel, h * w, rounding_mode='floor'), pixel % (h * w)
-    py = torch.div(rest, w, rounding_mode='floor').to(offsets.dtype) + offsets[:, 0]
-    px = (rest % w).to(offsets.dtype) + offsets[:, 1]
-    y0, x0 = py.floor(), px.floor()
-    fy, fx = py - y0, px - x0
-    gy, gx = 1 - fy, 1 - fx
-    cy = torch.stack((y0, y0, y0 + 1, y0 + 1), 1)
-    cx = torch.stack((x0, x0 + 1, x0, x0 + 1), 1)
-    inside = (cy >= 0) & (cy <= h - 1) & (cx >= 0) & (cx <= w - 1)
-    coef = torch.stack((gy * gx, gy * fx, fy * gx, fy * fx), 1) * weights.to(py.dtype).unsqueeze(1) * inside
-    base = ((slot * b + batch) * (h * w)).unsqueeze(1)
-    index = base + cy.clamp(0, h - 1).long() * w + cx.clamp(0, w - 1).long()
-    return index.view(-1), coef.view(-1)
-
-
-def aggregate_open_keys(table, offsets, pixel, slot, weights, size):
-    """Weighted sum of the open keys of every query pixel: one ``F.embedding_bag``, a bag of any size per pixel.
-
-    Args:
-        table (Tensor): (L' * B * H * W, C) channels-last value table of the projected key layers.
-        offsets (Tensor): (N, 2) offsets (dy, dx) of the open keys, sorted by pixel.
-        pixel (Tensor): (N,) their query pixel (index into B*H*W), non-decreasing.
-        slot (Tensor): (N,) the position of their key layer among the projected layers.
-        weights (Tensor): (N,) their attention weights.
-        size (tuple[int]): (B, H, W).
-
-    Returns:
-        tuple[int, Tensor]: the first pixel and the (P, C) sums of pixels ``first .. first + P - 1`` (a pixel
-        without an open key among them gets zeros).
-    """
-    index, coef = _sparse_corners(offsets, pixel, slot, weights, *size)
-    first, last = pixel[0].item(), pixel[-1].item()
-    counts = torch.bincount(pixel - first, minlength=last - first + 1) * 4
-    return first, F.embedding_bag(index, table, counts.cumsum(0) - counts, mode='sum',
-                                  per_sample_weights=coef.to(table.dtype))
-
-
 def _gather_and_sum(values, offsets, weights):
     return _gather_from_table(_value_table(values), values.shape, offsets, weights)
 
@@ -268,6 +211,82 @@ def _fused_from_table(table, shape, offsets, weights):
     index, coef = _bilinear_entries(offsets, weights, h, w)[:2]
     out = F.embedding_bag(index, table, per_sample_weights=coef.to(table.dtype), mode='sum')
     return out.view(b, h, w, c).permute(0, 3, 1, 2)
+
+
+# Approximate bytes per key of a projected key layer in one step of the sparse evaluation (every key of the step's
+# pixels, all open at worst): its offsets, the selected key's index, (pixel, layer), coordinates, 4 corner indices
+# and weights.
+_BYTES_PER_SPARSE_KEY = 100
+# Largest step of the sparse evaluation (MiB), whatever the budget: on CPU (one thread, C=64, K=16, L=5, 96x96)
+# steps of 8 to 64 MiB took the same time within the noise of a loaded machine, steps of 1 to 4 MiB up to 1.35x.
+_SPARSE_CHUNK_MB = 32
+
+
+def aggregate_open_keys(table, offsets, weights, is_open, first, size):
+    """Weighted sum of the open keys of consecutive query pixels: one ``F.embedding_bag``, a bag of any size per pixel.
+
+    The open keys are selected by one ``nonzero`` of ``is_open``; their coordinates, the 4 bilinear corners in the
+    padded table (top-left corner clamped into its zero border, as :func:`_bilinear_entries` does for every key)
+    and the corner weights are computed by 1D gathers and elementwise operations on the open keys alone, and one
+    ``embedding_bag`` sums them, the bag of pixel p starting at 4 times the number of open keys of the pixels
+    before it.
+
+    Args:
+        table (Tensor): (B * L' * (H + 4) * (W + 4), C) :func:`_padded_table` of the projected key layers' values.
+        offsets (Tensor): (N, L', K, 2) offsets (dy, dx) of every key of N consecutive query pixels, in pixels.
+        weights (Tensor): (N, L', K) their attention weights.
+        is_open (Tensor): (N, L', K) bool, the keys that enter the sum.
+        first (int): The first of the N pixels, an index into B*H*W.
+        size (tuple[int]): (B, H, W).
+
+    Returns:
+        Tensor: (N, C) sums (a pixel without an open key gets zeros).
+    """
+    n, num_layers, k = weights.shape
+    b, h, w = size
+    hp, wp = h + 2 * _PAD, w + 2 * _PAD
+    device = offsets.device
+    itype = torch.int32 if table.shape[0] < 2**31 else torch.int64
+    dtype = torch.promote_types(offsets.dtype, torch.float32)  # see _pixel_coordinates
+    # per (pixel, layer), flat: the pixel's row and column, and where its layer's map starts in the padded
+    # (B, L', H + 4, W + 4) table (border included)
+    pixel = torch.arange(first, first + n, device=device)
+    batch, rest = torch.div(pixel, h * w, rounding_mode='floor'), pixel % (h * w)
+    layer = batch.view(n, 1) * num_layers + torch.arange(num_layers, device=device)
+    base = ((layer * hp + _PAD) * wp + _PAD).view(-1).to(itype)
+    row, col = (t.to(dtype).view(n, 1).expand(n, num_layers).reshape(-1)
+                for t in (torch.div(rest, w, rounding_mode='floor'), rest % w))
+    # the open keys alone from here on: one selection, then 1D gathers by the key or its (pixel, layer) (1D
+    # elementwise operations: broadcasting over the 4 corners is several times slower on CPU)
+    key = is_open.reshape(-1).nonzero().squeeze(1)
+    pixel_layer = torch.div(key, k, rounding_mode='floor')
+    offsets = offsets.reshape(-1, 2).index_select(0, key).to(dtype)
+    py = offsets[:, 0] + row.index_select(0, pixel_layer)
+    px = offsets[:, 1] + col.index_select(0, pixel_layer)
+    y0, x0 = py.floor(), px.floor()
+    fy, fx = py - y0, px - x0
+    # the top-left corner clamped into the zero border before the integer conversion (far keys would overflow it);
+    # the (key, corner) columns written in place (faster than stacking them)
+    num = key.numel()
+    index = torch.empty(num, 4, dtype=itype, device=device)
+    top_left = index[:, 0]
+    torch.add(base.index_select(0, pixel_layer), x0.clamp(-_PAD, w).to(itype), out=top_left)
+    top_left.add_(y0.clamp(-_PAD, h).to(itype) * wp)
+    for corner, shift in enumerate((1, wp, wp + 1), 1):
+        torch.add(top_left, shift, out=index[:, corner])
+    weight = weights.reshape(-1).index_select(0, key).to(dtype)
+    upper, lower, gx = (1 - fy) * weight, fy * weight, 1 - fx
+    corners = ((upper, gx), (upper, fx), (lower, gx), (lower, fx))
+    if torch.is_grad_enabled() and (upper.requires_grad or fx.requires_grad):  # out= is not differentiable
+        coef = torch.stack([wy * wx for wy, wx in corners], 1)
+    else:
+        coef = torch.empty(num, 4, dtype=dtype, device=device)
+        for corner, (wy, wx) in enumerate(corners):
+            torch.mul(wy, wx, out=coef[:, corner])
+    index, coef = index.view(-1), coef.view(-1)
+    counts = is_open.reshape(n, -1).sum(1, dtype=itype) * 4
+    return F.embedding_bag(index, table, counts.cumsum(0, dtype=itype) - counts, mode='sum',
+                           per_sample_weights=coef.to(table.dtype))
 
 
 class _FusedSampling(torch.autograd.Function):
@@ -541,11 +560,12 @@ def cla_macs(num_feat, num_keys, height, width, key_layers, projected_layers, op
              aggregation=False):
     """MACs of one CLA/ACLA module: the cost model of the code (docs/cla_acla.md), written once.
 
-    ``HW (C^2 + P C^2 + L h K C + n (2 + 4 a) C)`` per image: the output projection; the value projections of
-    the P key layers that have an open key; the ``h`` 1x1 heads computed for every key of the L key layers (the
-    logit, which the softmax needs for every key, and ACLA's gate); for each of the n open keys its 2 offsets
-    and, with ``aggregation`` (a = 1), the 4 bilinear corners of its aggregation, which torch's flop counter does
-    not see. Every argument may be a tensor (an expectation: the MAC term of training and search).
+    ``HW (C^2 + P (C^2 + 2 K C) + L h K C + n 4 a C)`` per image: the output projection; for each of the P key
+    layers that have an open key its value projection and the 2 offsets of every one of its K keys (one matrix
+    product per layer, open keys or not); the ``h`` 1x1 heads computed for every key of the L key layers (the
+    logit, which the softmax needs for every key, and ACLA's gate); with ``aggregation`` (a = 1), the 4 bilinear
+    corners of each of the n open keys, which torch's flop counter does not see. Every argument may be a tensor
+    (an expectation: the MAC term of training and search).
 
     Args:
         num_feat (int): C.
@@ -553,7 +573,7 @@ def cla_macs(num_feat, num_keys, height, width, key_layers, projected_layers, op
         height (int): H.
         width (int): W.
         key_layers (float | Tensor): L, the key layers whose logits (and gates) are computed.
-        projected_layers (float | Tensor): P.
+        projected_layers (float | Tensor): P, the key layers projected and given offsets.
         open_keys (float | Tensor): n, the open keys summed over the key layers.
         scored_heads (int): h: 1 (CLA: the logit) or 2 (ACLA: logit and gate).
         aggregation (bool): Count the aggregation. Default: False.
@@ -562,9 +582,9 @@ def cla_macs(num_feat, num_keys, height, width, key_layers, projected_layers, op
         float | Tensor: MACs.
     """
     c = num_feat
-    per_open_key = (2 + (4 if aggregation else 0)) * c
-    return height * width * (c * c + projected_layers * c * c + key_layers * scored_heads * num_keys * c +
-                             open_keys * per_open_key)
+    per_open_key = 4 * c if aggregation else 0
+    return height * width * (c * c + projected_layers * (c * c + 2 * num_keys * c) +
+                             key_layers * scored_heads * num_keys * c + open_keys * per_open_key)
 
 
 class CrossLayerAttention(nn.Module):
@@ -583,7 +603,9 @@ class CrossLayerAttention(nn.Module):
     """
 
     heads_per_key = 3  # 1x1 conv output channels per key and key layer: 2 offsets + 1 logit
-    gated_heads_per_key = 2  # of which a closed key does not need: its offsets (the softmax needs every logit)
+    # of which computed per projected key layer (for every key of it, open or not: one matrix product): the offsets;
+    # the others (logit, ACLA's gate) for every key layer. A closed key saves no head, only its aggregation.
+    offset_heads_per_key = 2
     # how sample_keys aggregates the keys (a runtime choice, not a YAML key: every method computes the same
     # function); set it on a whole network with set_sampling_method, e.g. 'grid_sample' for an ONNX export
     sampling_method = 'fused'
@@ -698,7 +720,7 @@ class CrossLayerAttention(nn.Module):
         """Value maps ``W_l f_l + b_l`` of the key layers ``layers`` (default: all), one batched matmul.
 
         The parameters stay those of the 1x1 convs ``value.{l}``; the result is channels-last, (L', B, H, W, C)
-        contiguous: the value table that :meth:`_sparse_update` reads as it is.
+        contiguous, which the samplers' value tables copy fastest (:func:`_padded_table`).
         """
         layers = range(self.num_key_layers) if layers is None else layers
         feats = torch.stack([key_layers[l] for l in layers])  # (L', B, C, H, W)
@@ -723,45 +745,42 @@ class CrossLayerAttention(nn.Module):
         """The aggregated keys (B, C, H, W) from the open keys alone (evaluation), equal to :meth:`_dense_update`.
 
         ``is_open`` (B, L, K, H, W): the key's gate is open and its key layer kept (a closed key's weight is 0, so
-        it contributes nothing). The logits and gates were computed densely (the softmax needs every
-        logit). Only open keys get offsets: the query vectors and the offset conv's weight rows of the open
-        (pixel, key) pairs, contracted by one ``baddbmm`` (2 C MACs per open key, as torch's flop counter counts
-        them); only key layers with an open key are projected (:meth:`_project_values`). The aggregation is one
-        ``F.embedding_bag`` with a bag of any size per query pixel over the 4 bilinear corners of its open keys,
-        in the channels-last table of the projected layers (corners outside the map weighted 0); a pixel without
-        an open key gets a zero. Above ``max_memory_mb`` the open keys are processed in chunks of pixels.
+        it contributes nothing). The logits and gates were computed densely (the softmax needs every logit). Only
+        the key layers with an open key in the batch are projected (:meth:`_project_values`) and get offsets: the
+        offset conv's weight rows of those layers, one matrix product over the query pixels for every key of the
+        layers (2 K C MACs per pixel and projected layer, as torch's flop counter counts them; one GEMM is far
+        faster than gathering the open (pixel, key) pairs, which was measured). The aggregation
+        (:func:`aggregate_open_keys`) computes the corners of every key of those layers elementwise, selects the
+        open keys by one mask and sums their 4 bilinear corners by one ``F.embedding_bag`` with a bag of any size
+        per query pixel over the padded channels-last table (:func:`_padded_table`); a pixel without an open key
+        gets a zero. The query pixels are processed in chunks of at most ``min(max_memory_mb, 32)`` MiB.
         """
         b, c, h, w = x.shape
         num_layers, k = self.num_key_layers, self.num_keys
-        # (B, H, W, L, K): the keys of a pixel together, in the order of its bag
-        weights = weights.permute(0, 3, 4, 1, 2).contiguous()
-        is_open = is_open.expand(b, num_layers, k, h, w).permute(0, 3, 4, 1, 2).contiguous()
-        layer_open = is_open.reshape(-1, num_layers, k).any(2).any(0)
+        is_open = is_open.expand(b, num_layers, k, h, w)
+        layer_open = is_open.reshape(b, num_layers, -1).any(2).any(0)
         self._count_projected_layers(layer_open, b * h * w)
-        layers = layer_open.nonzero().squeeze(1).tolist()
-        if not layers:
+        layers = layer_open.nonzero().squeeze(1)
+        if not layers.numel():
             return x.new_zeros(x.shape)
-        table = self._project_values(key_layers, layers).view(-1, c)
-        slot = torch.zeros(num_layers, dtype=torch.long, device=x.device)
-        slot[layers] = torch.arange(len(layers), device=x.device)
-        pair = is_open.view(-1).nonzero().squeeze(1)  # open (pixel, key) pairs, pixel-major
-        weights = weights.view(-1)
-        query = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
-        out = x.new_zeros(b * h * w, c)
-        per_pair = 3 * c * x.element_size() + _BYTES_PER_SPARSE_ENTRY
-        chunk = _chunk_size(min(self.max_memory_mb, _SPARSE_CHUNK_MB), per_pair)
-        for start in range(0, pair.numel(), chunk):
-            part = pair[start:start + chunk]
-            pixel, key = torch.div(part, num_layers * k, rounding_mode='floor'), part % (num_layers * k)
-            # offsets of the open keys only: (N, 2, C) weight rows times (N, C, 1) queries, plus the bias
-            # (2D row gathers: several times faster than gathering from the (L*K, 2, C) view)
-            offsets = torch.bmm(self.offset.weight.view(-1, 2 * c).index_select(0, key).view(-1, 2, c),
-                                query.index_select(0, pixel).unsqueeze(2)).squeeze(2)
-            offsets = offsets + self.offset.bias.view(-1, 2).index_select(0, key)
-            first, bags = aggregate_open_keys(table, offsets, pixel,
-                                              slot.index_select(0, torch.div(key, k, rounding_mode='floor')),
-                                              weights.index_select(0, part), (b, h, w))
-            out[first:first + bags.shape[0]] += bags
+        values = self._project_values(key_layers, layers.tolist()).permute(1, 0, 4, 2, 3)  # (B, L', C, H, W) view
+        table = _padded_table(values)
+        # (B*H*W, L', K): the keys of a pixel together, in the order of its bag
+        pixels, num = b * h * w, layers.numel()
+        weights = weights.permute(0, 3, 4, 1, 2).index_select(3, layers).view(pixels, num, k)
+        is_open = is_open.permute(0, 3, 4, 1, 2).index_select(3, layers).view(pixels, num, k)
+        # the offset conv restricted to the projected layers, as a product with the channels-last queries
+        rows = self.offset.weight.view(num_layers, 2 * k, c).index_select(0, layers).view(num * 2 * k, c).t()
+        bias = self.offset.bias.view(num_layers, 2 * k).index_select(0, layers).view(-1)
+        query = x.permute(0, 2, 3, 1).reshape(pixels, c)
+        chunk = _chunk_size(min(self.max_memory_mb, _SPARSE_CHUNK_MB), num * k * _BYTES_PER_SPARSE_KEY)
+        out = []
+        for start in range(0, pixels, chunk):
+            size = min(chunk, pixels - start)
+            offsets = torch.addmm(bias, query.narrow(0, start, size), rows).view(size, num, k, 2)
+            out.append(aggregate_open_keys(table, offsets, weights.narrow(0, start, size),
+                                           is_open.narrow(0, start, size), start, (b, h, w)))
+        out = out[0] if len(out) == 1 else torch.cat(out)
         return out.view(b, h, w, c).permute(0, 3, 1, 2)
 
     def _count_projected_layers(self, layer_open, pixels):
@@ -773,13 +792,13 @@ class CrossLayerAttention(nn.Module):
         """Multiply-accumulates of one module as it computes them (:func:`cla_macs`); by default as torch's flop
         counter counts them (FLOPs / 2).
 
-        Counted by the flop counter: the 1x1 convs and matmuls (value projections, logits, gates, the offsets of
-        the open keys, output projection). Not counted by it: the key aggregation (``F.embedding_bag`` over the 4
-        bilinear corners of every open key, 4 MACs per channel per key), softmax, gates; ``aggregation=True``
-        adds the aggregation. With ``active_keys`` (ACLA in evaluation, :meth:`_sparse_update`) a closed key
-        saves its offsets (2 C per pixel) and its aggregation (4 C); its logit and gate are computed (the softmax
-        needs every logit), and a key layer without an open key saves its value projection
-        (``projected_layers``).
+        Counted by the flop counter: the 1x1 convs and matmuls (value projections, offsets, logits, gates, output
+        projection). Not counted by it: the key aggregation (``F.embedding_bag`` over the 4 bilinear corners of
+        every open key, 4 MACs per channel per key), softmax, gates; ``aggregation=True`` adds the aggregation.
+        With ``active_keys`` (ACLA in evaluation, :meth:`_sparse_update`) a closed key saves its aggregation (4 C
+        per pixel); its logit and gate are computed (the softmax needs every logit), and so are its offsets when
+        its key layer is projected (one matrix product for every key of the layer). A key layer without an open
+        key saves its value projection and its offsets (C^2 + 2 K C, ``projected_layers``).
 
         Args:
             num_feat (int): C.
@@ -809,7 +828,7 @@ class CrossLayerAttention(nn.Module):
         elif not isinstance(projected_layers, (int, float)):
             projected_layers = sum(projected_layers)
         return cla_macs(num_feat, num_keys, height, width, num_key_layers, projected_layers, open_keys,
-                        cls.heads_per_key - cls.gated_heads_per_key, aggregation)
+                        cls.heads_per_key - cls.offset_heads_per_key, aggregation)
 
 
 class AdaptiveCrossLayerAttention(CrossLayerAttention):
@@ -943,10 +962,13 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         """Expected MACs of this module at (height, width) under its gates of the last training pass.
 
         The MACs of the sparse evaluation (:func:`cla_macs`) in expectation:
-        ``HW (C^2 + sum_l P_l (C^2 + 2 K C + n_l (2 + 4) C))`` with ``n_l`` = :attr:`expected_open_keys` (the keys
-        of layer l open in expectation, differentiable in the gate logits) and ``P_l`` the probability that
-        key layer l exists (supernet; 1 by default): a key layer's value projection, logits and gates are charged
-        with its existence, an open key's offsets (2 C) and aggregation (4 C) with its gate. Before any forward
+        ``HW (C^2 + sum_l P_l (C^2 + 2 K C + 2 K C + n_l 4 C))`` with ``n_l`` = :attr:`expected_open_keys` (the keys
+        of layer l open in expectation, differentiable in the gate logits) and ``P_l`` the probability that key
+        layer l exists (supernet; 1 by default): a key layer's value projection and offsets (C^2 + 2 K C) and its
+        logits and gates (2 K C) are charged with its existence, an open key's aggregation (4 C) with its gate.
+        The evaluation projects a key layer (and computes its offsets) when any pixel of the batch has an open key
+        there, which is almost always the case for an existing layer; charging ``P_l`` alone for it keeps the
+        expectation simple (and exact for a batch whose every existing layer has an open key). Before any forward
         pass every key counts as open.
 
         Args:
@@ -964,7 +986,7 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         open_keys = open_keys.to(torch.float64)
         probs = torch.ones_like(open_keys) if layer_probs is None else torch.as_tensor(layer_probs).to(open_keys)
         return cla_macs(self.num_feat, self.num_keys, height, width, probs.sum(), probs.sum(),
-                        (probs * open_keys).sum(), self.heads_per_key - self.gated_heads_per_key, aggregation)
+                        (probs * open_keys).sum(), self.heads_per_key - self.offset_heads_per_key, aggregation)
 
 
 class NonLocalAttention(nn.Module):

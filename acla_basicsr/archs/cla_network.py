@@ -203,7 +203,7 @@ class CrossLayerAttentionMixin:
         """Expected MACs of the attention modules under the key gates of the last training pass (differentiable).
 
         The MAC term of RestorationModel's ``train.macs_penalty``: the MACs of the sparse evaluation, where every
-        open key costs its offsets and aggregation (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other
+        open key costs its aggregation and every existing key layer its projection, offsets, logits and gates (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other
         attention types cost their dense MACs with the aggregation of all their keys.
 
         Args:
@@ -228,8 +228,8 @@ class CrossLayerAttentionMixin:
         The backbone as torch's flop counter counts it, plus each attention module as
         :meth:`~acla_basicsr.archs.cla_modules.CrossLayerAttention.macs` models it, aggregation included: with
         the measured open keys (:meth:`measured_active_keys`) and projected key layers of ACLA's sparse
-        evaluation (a closed key computes neither offsets nor aggregation, a key layer without an open key is not
-        projected), every key of the modules not yet evaluated and of CLA. So after one evaluation pass of a
+        evaluation (a closed key is not aggregated, a key layer without an open key is neither projected nor given
+        offsets), every key of the modules not yet evaluated and of CLA. So after one evaluation pass of a
         batch of one image this is the flop counter's count of that pass plus the 4 C MACs per pixel of the
         aggregation of every open key, which the counter does not see (tested).
 
