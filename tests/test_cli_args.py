@@ -49,7 +49,8 @@ CASES = {
     'restore': [
         ('', '-i'), (f'{Y} -i {{dir}}', '-o'), (f'{Y} -o {{out}}', '-i'), ('-i {file} -o {out}', '--model'),
         ('-n nowhere_SRx2 -i {file} -o {out}', '-n'), ('--model nowhere_SRx2 -i {file} -o {out}', '--model'),
-        ('--model {missing} -i {file} -o {out}', '--model'), ('-n demo_EDSR_SRx2 --model {file} -i {dir} -o {out}', '-n'),
+        ('--model {missing} -i {file} -o {out}', '--model'),
+        ('-n demo_EDSR_SRx2 --model {file} -i {dir} -o {out}', '-n'),
         *[(f'{Y} -i {{dir}} -o {{out}} {args}', flag) for args, flag in [
             ('--tile -3', '--tile'), ('--tile abc', '--tile'), ('--tile', '--tile'), ('--tile 1.5', '--tile'),
             ('--tile-pad -1', '--tile-pad'), ('--device gpu', '--device'), ('--device cuda:7', '--device'),

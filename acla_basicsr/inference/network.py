@@ -149,7 +149,8 @@ def mismatch_message(state_dict, network_g, checkpoint, option='--model'):
            else 'give the checkpoint of this network, or the options it was trained with')
     if theirs is None:
         return None
-    held = f'{option}: {checkpoint} holds the weights of {architecture(theirs)}, not of network_g\'s {architecture(ours)}'
+    held = (f"{option}: {checkpoint} holds the weights of {architecture(theirs)}, not of network_g's "
+            f'{architecture(ours)}')
     if theirs.get('type') != ours.get('type'):
         return f'{held}; {fix}.'
     differ = [k for k in STRUCTURAL_KEYS if k in theirs and k in ours and _plain(theirs[k]) != _plain(ours[k])]

@@ -249,14 +249,13 @@ class RestorationModel(SRModel):
         task and colour in its ``_metadata`` (:mod:`acla_basicsr.inference.checkpoints`, the format of the
         published zoo files), so that ``acla-restore --model net_g_latest.pth`` needs no options file.
         """
-        describe = None
-        if net_label == 'net_g' and isinstance(self.opt.get('network_g'), dict):
-            network_g, info = dict(self.opt['network_g']), training_description(self.opt)
+        network_g = self.opt.get('network_g') if net_label == 'net_g' else None
+        info = training_description(self.opt) if isinstance(network_g, dict) else None
 
-            def describe(save_dict):
-                return {key: described_state_dict(state, network_g, **info) for key, state in save_dict.items()}
+        def describe(save_dict):
+            return {key: described_state_dict(state, network_g, **info) for key, state in save_dict.items()}
 
-        with compat.atomic_saves(describe):
+        with compat.atomic_saves(describe if info is not None else None):
             super().save_network(net, net_label, current_iter, param_key)
 
     # ------------------------------------------------------------------ exact resume
