@@ -143,8 +143,11 @@ def load_resume_state(opt, warn=None):
 
 
 @contextlib.contextmanager
-def atomic_saves():
+def atomic_saves(prepare=None):
     """Within the block, ``basicsr.models.base_model`` saves with :func:`acla_basicsr.fileio.torch_save`.
+
+    ``prepare(obj)``, when given, returns what is saved instead of ``obj`` (``RestorationModel.save_network``
+    adds each state dict's description).
 
     basicsr retries a failed save three times, then logs "Just ignore it" and trains on without checkpoints
     (a full disk goes unnoticed until the run ends): a save that still fails after the block's last attempt
@@ -157,7 +160,7 @@ def atomic_saves():
     def save(obj, path, *args, **kwargs):
         failure.clear()
         try:
-            fileio.torch_save(obj, path)
+            fileio.torch_save(prepare(obj) if prepare else obj, path)
         except OSError as error:
             failure.append(error)
             raise

@@ -162,6 +162,7 @@ def main(argv=None):
 
     import acla_basicsr  # noqa: F401  (registers the networks)
     from acla_basicsr.inference import read_options
+    from acla_basicsr.inference.checkpoints import training_description
     from acla_basicsr.zoo.card import metric_rows, render_card, task_of
     from acla_basicsr.errors import OptionError
     from acla_basicsr.fileio import write_text
@@ -178,7 +179,7 @@ def main(argv=None):
     network_g = dict(opt['network_g'])
     iterations = args.iterations or train_iterations(args.train_log) or (opt.get('train') or {}).get('total_iter')
 
-    pth, safetensors, sha = write_published(params, network_g, args.out, name, param_key)
+    pth, safetensors, sha = write_published(params, network_g, args.out, name, param_key, training_description(opt))
     stem = osp.splitext(pth)[0]
     train = (opt.get('datasets') or {}).get('train') or {}
     rows = metric_rows(logs)

@@ -47,11 +47,16 @@ CASES = {
         (f'{Y} --force_yml val:nokey=1', '--force_yml val:nokey=1'), (f'{Y} --force_yml name', '--force_yml name'),
     ],
     'restore': [
-        ('', '-opt'), (f'{Y} -i {{dir}}', '-o'), (f'{Y} -o {{out}}', '-i'),
+        ('', '-i'), (f'{Y} -i {{dir}}', '-o'), (f'{Y} -o {{out}}', '-i'), ('-i {file} -o {out}', '--model'),
+        ('-n nowhere_SRx2 -i {file} -o {out}', '-n'), ('--model nowhere_SRx2 -i {file} -o {out}', '--model'),
+        ('--model {missing} -i {file} -o {out}', '--model'),
+        ('-n demo_EDSR_SRx2 --model {file} -i {dir} -o {out}', '-n'),
         *[(f'{Y} -i {{dir}} -o {{out}} {args}', flag) for args, flag in [
             ('--tile -3', '--tile'), ('--tile abc', '--tile'), ('--tile', '--tile'), ('--tile 1.5', '--tile'),
             ('--tile-pad -1', '--tile-pad'), ('--device gpu', '--device'), ('--device cuda:7', '--device'),
-            ('--ensemble', '--self-ensemble'), ('--bogus 3', '--bogus')]],
+            ('--ensemble', '--self-ensemble'), ('--bogus 3', '--bogus'), ('--outscale 0', '--outscale'),
+            ('--outscale -2', '--outscale'), ('--outscale x', '--outscale'), ('--ext gif', '--ext'),
+            ('--alpha-upsampler realesrgan', '--alpha-upsampler')]],
         ('-opt {missing} -i {dir} -o {out}', '-opt'), ('-opt {dir} -i {dir} -o {out}', '-opt'),
         (f'{Y} -i {{missing}} -o {{out}}', '-i'), (f'{Y} -i {{bad}} -o {{file}}', '-o'),
     ],

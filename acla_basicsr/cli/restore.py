@@ -14,17 +14,26 @@ import os
 import os.path as osp
 import sys
 
-from acla_basicsr.cli.args import ArgumentParser, existing_file, non_negative_int, torch_device
+from acla_basicsr.cli.args import ArgumentParser, existing_file, non_negative_int, positive_float, torch_device
 from acla_basicsr.errors import OptionError
+
+#: Output formats of ``--ext``; ``auto`` keeps the extension of each input.
+EXTENSIONS = ('png', 'jpg', 'webp', 'auto')
 
 
 def parse_args(argv=None):
     parser = ArgumentParser(
         prog='acla-restore',
         description='Restore or super-resolve images with a network of acla_basicsr; no ground truth needed.')
-    parser.add_argument('-opt', required=True, type=existing_file, help='options YAML with network_g (any train or test file)')
-    parser.add_argument('--model', type=existing_file, default=None,
-                        help='checkpoint .pth (default: path.pretrain_network_g of the options)')
+    parser.add_argument('-opt', type=existing_file, default=None,
+                        help='options YAML with network_g (any train or test file); default: the network_g stored '
+                        'in the checkpoint; needed for checkpoints written before checkpoints stored it')
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument('--model', default=None,
+                       help='checkpoint .pth, URL of a zoo file, or zoo name (default: path.pretrain_network_g '
+                       'of -opt)')
+    model.add_argument('-n', '--model-name', default=None,
+                       help='name of a network of model_zoo/, e.g. demo_ACLA_SRx2 (the part before the hash)')
     parser.add_argument('--param-key', default=None,
                         help='parameters in the checkpoint (default: params_ema if present, else params)')
     parser.add_argument('-i', '--input', required=True, help='an image or a folder of images')
@@ -36,6 +45,15 @@ def parse_args(argv=None):
     parser.add_argument('--self-ensemble', action='store_true', help='average the 8 flips/rotations (x8 time)')
     parser.add_argument('--half', action='store_true', help='float16 autocast on CUDA, bfloat16 on the CPU')
     parser.add_argument('--suffix', default='', help='append _SUFFIX to the output names (default: none)')
+    parser.add_argument('--ext', choices=EXTENSIONS, default='png',
+                        help='output format (default png; auto: the extension of each input); JPEG and WebP '
+                        'hold 8 bits, JPEG no alpha')
+    parser.add_argument('--outscale', type=positive_float, default=None,
+                        help="resize the output to OUTSCALE x the input with Lanczos (Real-ESRGAN's --outscale; "
+                        "default: the network's scale)")
+    parser.add_argument('--alpha-upsampler', choices=('resize', 'network'), default='resize',
+                        help='alpha channel of RGBA inputs: resize (bicubic, default) or network (restored as a '
+                        'grey image, twice the time)')
     parser.add_argument('--device', type=torch_device, default=None,
                         help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     return parser.parse_args(argv)
@@ -54,10 +72,15 @@ def list_inputs(path):
     return files
 
 
-def output_paths(inputs, folder, suffix):
-    """``folder/<name>[_<suffix>].png`` for every input; refuse to overwrite an input or to write twice."""
-    outputs = [osp.join(folder, osp.splitext(osp.basename(v))[0] + (f'_{suffix}' if suffix else '') + '.png')
-               for v in inputs]
+def output_paths(inputs, folder, suffix, ext='png'):
+    """``folder/<name>[_<suffix>].<ext>`` for every input (``auto``: the input's extension); refuse to overwrite
+    an input or to write twice."""
+    def name(path):
+        stem, own = osp.splitext(osp.basename(path))
+        extension = (own or '.png') if ext == 'auto' else f'.{ext}'
+        return stem + (f'_{suffix}' if suffix else '') + extension
+
+    outputs = [osp.join(folder, name(v)) for v in inputs]
     seen = {}
     for source, target in zip(inputs, outputs):
         if osp.abspath(target) in {osp.abspath(v) for v in inputs}:
@@ -79,15 +102,19 @@ def main(argv=None):
         import torch
         from tqdm import tqdm
 
-        from acla_basicsr.inference import (check_tile, load_network, peak_memory_mib, read_image, restore,
-                                                  write_image)
+        from acla_basicsr.inference import (check_tile, load_network, peak_memory_mib, read_image, read_options,
+                                            restore, write_image)
         check_tile(args.tile, args.tile_pad, '--tile', '--tile-pad')
         device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         inputs = list_inputs(args.input)
         if osp.exists(args.output) and not osp.isdir(args.output):
             raise OptionError(f'-o: {args.output} is a file; give a folder for the restored images.')
-        outputs = output_paths(inputs, args.output, args.suffix)
-        net = load_network(args.opt, args.model, args.param_key, device=device)
+        outputs = output_paths(inputs, args.output, args.suffix, args.ext)
+        if args.model_name:
+            from acla_basicsr.inference.checkpoints import find_zoo_model
+            args.model = find_zoo_model(args.model_name, '-n')
+        options = read_options(args.opt) if args.opt else None  # None: the network_g stored in the checkpoint
+        net = load_network(options, args.model, args.param_key, device=device)
     except OptionError as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
         return 2
@@ -102,7 +129,8 @@ def main(argv=None):
                 failures += 1
             else:
                 try:
-                    result = restore(net, image, args.tile or None, args.tile_pad, args.self_ensemble, args.half)
+                    result = restore(net, image, args.tile or None, args.tile_pad, args.self_ensemble, args.half,
+                                     alpha_upsampler=args.alpha_upsampler, outscale=args.outscale)
                     write_image(target, result)
                 except (RuntimeError, ValueError, OSError) as error:  # e.g. out of memory: the others go on
                     message = str(error).splitlines()[0] if str(error) else type(error).__name__

@@ -29,7 +29,7 @@ from acla_basicsr.errors import DetectionError
 METADATA_KEY = 'acla_basicsr:network_g'
 DIV2K_MEAN = [0.4488, 0.4371, 0.4040]
 # Options that decide tensor shapes or names: the metadata must agree with the detected values.
-_STRUCTURAL = ('type', 'num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'num_group', 'upscale', 'attention',
+STRUCTURAL_KEYS = ('type', 'num_in_ch', 'num_out_ch', 'num_feat', 'num_block', 'num_group', 'upscale', 'attention',
                'num_keys', 'attention_positions', 'num_embed_feat', 'num_samples', 'window_size', 'reduction',
                'squeeze_factor', 'use_asca', 'use_local_attention', 'use_mask_branch')
 
@@ -204,7 +204,7 @@ def network_options(state_dict, use_metadata=True):
     stored = metadata_options(state_dict) if use_metadata else None
     if stored is None:
         return detected
-    for key in _STRUCTURAL:
+    for key in STRUCTURAL_KEYS:
         if key in detected and key in stored and _normal(stored[key]) != _normal(detected[key]):
             raise DetectionError(f'the stored network_g.{key} ({stored[key]!r}) contradicts the tensors '
                                  f'({detected[key]!r}).')

@@ -17,6 +17,7 @@ from acla_basicsr.data.degradations import DEMOSAIC_REFERENCES
 from acla_basicsr.data.sampler import capture_rng_state, restore_rng_state, rng_state_for_save
 from acla_basicsr.errors import OptionError
 from acla_basicsr.inference import DEFAULT_TILE_PAD, run_network
+from acla_basicsr.inference.checkpoints import described_state_dict, training_description
 from acla_basicsr.inference.network import load_weights
 from acla_basicsr.inference.tiles import TILE_PAD, TILE_SIZE
 from acla_basicsr.option_spec import Option, read_section
@@ -123,7 +124,7 @@ class RestorationModel(SRModel):
             net = ARCH_REGISTRY.get(net_type)(**net_opt)
         except (TypeError, ValueError):
             return  # check_options names the wrong argument
-        load_weights(net, net_type, checkpoint, path_opt.get('param_key_g', 'params'),
+        load_weights(net, dict(opt['network_g']), checkpoint, path_opt.get('param_key_g', 'params'),
                      path_opt.get('strict_load_g', True), option='path.pretrain_network_g')
 
     def init_training_settings(self):
@@ -242,8 +243,19 @@ class RestorationModel(SRModel):
 
     def save_network(self, net, net_label, current_iter, param_key='params'):
         """basicsr's, written atomically: a run killed while saving leaves the previous checkpoint, not a
-        truncated one (measured: basicsr's ``torch.save`` in place left half-written ``.pth`` files)."""
-        with compat.atomic_saves():
+        truncated one (measured: basicsr's ``torch.save`` in place left half-written ``.pth`` files).
+
+        Every state dict of ``net_g`` (``params`` and ``params_ema``) carries its ``network_g`` options, scale,
+        task and colour in its ``_metadata`` (:mod:`acla_basicsr.inference.checkpoints`, the format of the
+        published zoo files), so that ``acla-restore --model net_g_latest.pth`` needs no options file.
+        """
+        network_g = self.opt.get('network_g') if net_label == 'net_g' else None
+        info = training_description(self.opt) if isinstance(network_g, dict) else None
+
+        def describe(save_dict):
+            return {key: described_state_dict(state, network_g, **info) for key, state in save_dict.items()}
+
+        with compat.atomic_saves(describe if info is not None else None):
             super().save_network(net, net_label, current_iter, param_key)
 
     # ------------------------------------------------------------------ exact resume

@@ -15,6 +15,7 @@ import re
 import yaml
 
 from acla_basicsr.errors import LogError
+from acla_basicsr.inference.checkpoints import task_of  # noqa: F401  (the card's task; also stored in checkpoints)
 
 _TIME = r'^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO: '
 _VALIDATION = re.compile(_TIME + r'Validation (?P<set>.+?)\s*$')
@@ -110,23 +111,6 @@ def metric_settings(options):
     metrics = ((options.get('val') or {}).get('metrics') or {})
     return {name: (opt.get('crop_border', 0), bool(opt.get('test_y_channel', False)))
             for name, opt in metrics.items() if isinstance(opt, dict)}
-
-
-def task_of(options):
-    """A short task description from training options: scale or the training degradation."""
-    scale = options.get('scale', 1)
-    train = ((options.get('datasets') or {}).get('train') or {})
-    degradation = train.get('degradation') or {}
-    kind = degradation.get('type')
-    if scale and scale > 1:
-        return f'super-resolution x{scale} (MATLAB bicubic downscaling)'
-    if kind == 'gaussian_noise':
-        return f"colour denoising, Gaussian noise sigma {degradation.get('sigma')}"
-    if kind == 'jpeg':
-        return f"JPEG artifact reduction, quality {degradation.get('quality')} ({train.get('color', 'rgb')} images)"
-    if kind == 'mosaic':
-        return f"demosaicing, {degradation.get('pattern', 'RGGB')} Bayer mosaic"
-    return 'image restoration'
 
 
 def metric_rows(logs):

@@ -18,80 +18,32 @@ import io
 import json
 import os
 import os.path as osp
-import re
-from collections import OrderedDict
-from urllib.parse import urlparse
 
 import torch
 
 from acla_basicsr import fileio
-from acla_basicsr.inference.detect import METADATA_KEY, network_options
 from acla_basicsr.errors import OptionError
-
-#: ``<name>-<8 hex digits>.pth``: the zoo's file names.
-ZOO_NAME = re.compile(r'^(?P<name>.+)-(?P<sha8>[0-9a-f]{8})\.(?:pth|safetensors|md)$')
-
-
-def file_sha256(path, chunk=2**20):
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            digest.update(block)
-    return digest.hexdigest()
+from acla_basicsr.inference.checkpoints import (ZOO_NAME, check_hash_suffix, described_state_dict,  # noqa: F401
+                                                file_sha256, resolve_checkpoint, zoo_parts)
+from acla_basicsr.inference.detect import network_options
+from acla_basicsr.inference.network import load_network, load_state_dict
 
 
-def zoo_parts(path):
-    """``(name, sha8)`` of a zoo file name ``<name>-<sha8>.pth``, or None when the name has no hash suffix."""
-    match = ZOO_NAME.match(osp.basename(urlparse(str(path)).path))
-    return (match.group('name'), match.group('sha8')) if match else None
-
-
-def check_hash_suffix(path):
-    """Raise :class:`OptionError` unless the file's sha256 starts with the ``-<sha8>`` suffix of its name.
-
-    The suffix is the ``.pth``'s hash; a ``.safetensors`` beside it carries that hash in its metadata
-    (``sha256_pth``), which is checked instead (the model card lists the ``.safetensors``'s own sha256).
-
-    Returns:
-        str: The full sha256 of the ``.pth``.
-    """
-    parts = zoo_parts(path)
-    if parts is None:
-        raise OptionError(f'{path}: the name has no -<sha256[:8]> suffix (<name>-<8 hex digits>.pth) to check.')
-    if str(path).endswith('.safetensors'):
-        from safetensors import safe_open
-        with safe_open(path, framework='pt') as f:
-            sha = (f.metadata() or {}).get('sha256_pth', '')
-    else:
-        sha = file_sha256(path)
-    if not sha.startswith(parts[1]):
-        raise OptionError(f'{path}: sha256 {sha[:8]}... does not match the -{parts[1]} of its name; the file is '
-                          'damaged or not the published one (download it again).')
-    return sha
-
-
-def published_state_dict(state_dict, network_g):
-    """A plain CPU state dict with ``network_g`` in its ``_metadata`` (see the module docstring)."""
-    params = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in state_dict.items())
-    metadata = OrderedDict(getattr(state_dict, '_metadata', None) or {})
-    metadata[METADATA_KEY] = {'network_g': json.loads(json.dumps(network_g))}  # plain types only
-    params._metadata = metadata
-    return params
-
-
-def write_published(state_dict, network_g, out_dir, name, param_key='params'):
+def write_published(state_dict, network_g, out_dir, name, param_key='params', info=None):
     """Write ``<out_dir>/<name>-<sha8>.pth`` and ``.safetensors``; each through a temporary name.
 
     The ``.pth`` is ``{param_key: state_dict}`` (weights only); ``torch.save`` output is deterministic, so
-    publishing the same weights twice gives the same name.
+    publishing the same weights twice gives the same name. ``network_g`` and ``info`` (scale, task, colour:
+    :func:`~acla_basicsr.inference.checkpoints.training_description`) go into the state dict's ``_metadata``
+    (:func:`~acla_basicsr.inference.checkpoints.described_state_dict`) and the ``.safetensors`` header.
 
     Returns:
         tuple[str, str, str]: Paths of the ``.pth`` and the ``.safetensors``, and the ``.pth``'s sha256.
     """
     from safetensors.torch import save_file
     os.makedirs(out_dir, exist_ok=True)
-    params = published_state_dict(state_dict, network_g)
+    info = {k: v for k, v in (info or {}).items() if v is not None}
+    params = described_state_dict(state_dict, network_g, **info)
     buffer = io.BytesIO()  # torch.save names the archive's root after the file: a buffer keeps it fixed
     torch.save({param_key: params}, buffer)
     data = buffer.getvalue()
@@ -99,26 +51,16 @@ def write_published(state_dict, network_g, out_dir, name, param_key='params'):
     pth = osp.join(out_dir, f'{name}-{sha[:8]}.pth')
 
     fileio.write_bytes(pth, data)
-    metadata = {'network_g': json.dumps(network_g), 'param_key': param_key, 'sha256_pth': sha}
+    metadata = {'network_g': json.dumps(network_g), 'param_key': param_key, 'sha256_pth': sha,
+                **{k: json.dumps(v) for k, v in info.items()}}
     safetensors = osp.join(out_dir, f'{name}-{sha[:8]}.safetensors')
     fileio.atomic_write(safetensors, lambda tmp: save_file(dict(params), tmp, metadata=metadata))
     return pth, safetensors, sha
 
 
 def read_state_dict(path, param_key=None):
-    """``(state_dict, param_key)`` of a published ``.pth`` or ``.safetensors`` (CPU tensors).
-
-    For ``.safetensors`` the ``network_g`` of its metadata is put into the state dict's ``_metadata``.
-    """
-    if str(path).endswith('.safetensors'):
-        from safetensors import safe_open
-        with safe_open(path, framework='pt') as f:
-            metadata = f.metadata() or {}
-            state = OrderedDict((k, f.get_tensor(k)) for k in f.keys())
-        if 'network_g' in metadata:
-            state._metadata = {METADATA_KEY: {'network_g': json.loads(metadata['network_g'])}}
-        return state, metadata.get('param_key', 'params')
-    from acla_basicsr.inference import load_state_dict
+    """``(state_dict, param_key)`` of a published ``.pth`` or ``.safetensors`` (CPU tensors, with their
+    ``_metadata``): :func:`~acla_basicsr.inference.network.load_state_dict`."""
     return load_state_dict(path, param_key, return_key=True)
 
 
@@ -150,23 +92,8 @@ def load_zoo_model(url_or_path, network_g=None, model_dir=None, check_hash=True,
     Raises:
         OptionError: A name without a hash suffix, a hash mismatch, weights that do not fit.
     """
-    from acla_basicsr.inference import build_network, load_network
-    scheme = urlparse(str(url_or_path)).scheme
-    path = str(url_or_path)
-    if len(scheme) > 1:  # not a Windows drive letter
-        from basicsr.utils.download_util import load_file_from_url
-        if check_hash and zoo_parts(path) is None:
-            raise OptionError(f'{url_or_path}: the name has no -<sha256[:8]> suffix to check; give a zoo URL.')
-        existed = osp.exists(osp.join(model_dir, osp.basename(urlparse(path).path))) if model_dir else False
-        path = load_file_from_url(path, model_dir=model_dir, progress=progress)
-        if check_hash:
-            try:
-                check_hash_suffix(path)
-            except OptionError:
-                if not existed:
-                    os.remove(path)
-                raise
-    elif check_hash:
+    path = resolve_checkpoint(url_or_path, 'load_zoo_model', model_dir, check_hash, progress)
+    if check_hash and path == os.fspath(url_or_path):  # a local file: resolve_checkpoint checks downloads only
         check_hash_suffix(path)
     state, param_key = read_state_dict(path)
     if network_g is None:
@@ -174,9 +101,5 @@ def load_zoo_model(url_or_path, network_g=None, model_dir=None, check_hash=True,
             network_g = network_options(state)
         except ValueError as error:
             raise OptionError(f'{path}: {error}') from None
-    if str(path).endswith('.safetensors'):  # load_network reads .pth files
-        net = build_network(network_g)
-        net.load_state_dict(state, strict=True)
-        return net.to(device).eval()
     return load_network(network_g, path, param_key=param_key, strict=True, device=device)
 

@@ -38,8 +38,8 @@ def install_pause(marker, spec):
     if kind == 'iter':
         step = RestorationModel.backward_and_step
 
-        def backward_and_step(self, loss_dict, optimizers, current_iter):
-            taken = step(self, loss_dict, optimizers, current_iter)
+        def backward_and_step(self, loss_dict, optimizers, current_iter, *args, **kwargs):
+            taken = step(self, loss_dict, optimizers, current_iter, *args, **kwargs)
             if current_iter == int(value):
                 pause(marker)
             return taken
