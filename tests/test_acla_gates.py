@@ -302,9 +302,11 @@ def test_exported_config_takes_the_task_recipe(tmp_path, data):
 # ---------------------------------------------------------------------- the search's lambda
 @pytest.mark.slow
 def test_search_closes_useless_candidates_first(tmp_path, data):
-    """Candidates 1 and 3 are made useless as queries (their output forced to the identity; their features remain
-    key layers of later candidates): the MAC term closes them, while the useful ones stay open (lambda 0 keeps
-    all four open on this toy problem; a tiny 8-channel backbone, where attention costs 40 % of its MACs)."""
+    """Candidates 1 and 3 are made useless, as queries (their output forced to the identity) and as key layers
+    (their value maps in later candidates fixed at zero, so their keys only take softmax weight from the others):
+    the MAC term closes them, while the useful ones stay open (lambda 0 keeps all four open on this toy problem; a
+    tiny 8-channel backbone, where attention costs 40 % of its MACs). With straight-through position gates (the
+    default) a candidate useless only as a query stays open for its features as a key layer."""
     opt = search_options(tmp_path, 0.02, 160, arch_start_iter=40)
     opt['network_g'] = dict(opt['network_g'], num_block=4)
     opt['train']['optim_arch']['lr'] = 0.05
@@ -314,11 +316,15 @@ def test_search_closes_useless_candidates_first(tmp_path, data):
     useless = [0, 2]
     for index in useless:
         net.attention[index].register_forward_hook(lambda module, args, out: args[0])
+        for later in net.attention[index + 1:]:  # its feature is key layer index + 1 of every later candidate
+            for param in later.value[index + 1].parameters():
+                param.requires_grad_(False)
+                torch.nn.init.zeros_(param)
     run_search(opt, data, model=model)
     probs = net.gate_probabilities()
     useful = [i for i in range(4) if i not in useless]
-    assert probs[useless].max() < 0.5, probs
-    assert probs[useless].max() < probs[useful].min(), probs
+    assert probs[useless].max() < probs[useful].min(), probs  # closed first
+    assert net.selected_positions() == [2, 4], probs  # and the readout keeps the useful ones
 
 
 # ---------------------------------------------------------------------- effective MACs of a checkpoint

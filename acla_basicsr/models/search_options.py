@@ -14,7 +14,8 @@ SEARCH_OPTIONS = {
                                 low_open=True),
     'temperature_end': Option('float', 0.1, 'Temperature after anneal_iter iterations.', low=0, low_open=True),
     'anneal_iter': Option('int', None, 'Iterations of the geometric annealing (~: train.total_iter).', low=1),
-    'straight_through': Option('bool', False, 'Hard 0/1 position gates in the forward pass, relaxed gradients.'),
+    'straight_through': Option('bool', True, 'Hard 0/1 position gates in the forward pass, relaxed gradients '
+                               '(false: relaxed gates in the forward pass too).'),
     'mode': Option('joint|alternate', 'joint', 'One-shot (joint) or weights and logits stepped on disjoint parts '
                    'of each batch (alternate).'),
     'arch_fraction': Option('float', 0.5, 'Part of each batch that steps the logits in mode alternate.', low=0,
