@@ -166,6 +166,7 @@ def test_a_checkpoint_of_another_network_names_both_families(tmp_path):
                                 'this network, or the options it was trained with.')
     opt['path'].update(pretrain_network_g=str(same), strict_load_g=False)  # the backbone of ACLAEDSR: it fits
     RestorationModel.check_pretrained(opt)
-    opt['path']['strict_load_g'] = True  # the attention's weights are missing: the first missing key is named
-    with pytest.raises(OptionError, match=r'does not fit network_g \(ACLAEDSR\): Missing key\(s\)'):
+    opt['path']['strict_load_g'] = True  # the attention's weights are missing: both architectures are named
+    with pytest.raises(OptionError, match=r"holds the weights of EDSR \(x2, num_feat 8, num_block 2\), not of "
+                                          r"network_g's ACLAEDSR \(x2, num_feat 8, num_block 2\)"):
         RestorationModel.check_pretrained(opt)
