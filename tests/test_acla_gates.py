@@ -353,8 +353,9 @@ def test_complexity_reports_a_checkpoints_measured_keys_and_effective_macs(tmp_p
     assert run.returncode == 0, run.stderr[-2000:]
     assert 'mean open keys per key layer: 2.00 of 4 (50.0 %)' in run.stdout
     assert 'ACLA effective below CLA' in run.stdout
-    # 3 (module, key layer) pairs, 2 closed keys, 2 C (offsets) + 4 C (aggregation) MACs each, per pixel
-    saved = 3 * 2 * (2 + 4) * 8 * 16 * 16
+    # 3 (module, key layer) pairs, 2 closed keys, 4 C MACs each (their aggregation; offsets are computed for every
+    # key of a projected key layer), per pixel
+    saved = 3 * 2 * 4 * 8 * 16 * 16
     aggregation = 3 * 4 * 4 * 8 * 16 * 16  # of every key, when all are open
     dense = counted_macs(lambda: ACLAEDSR(**{k: v for k, v in network.items() if k != 'type'}), 16, 16)
     assert f'| ACLA effective (measured open keys) | {(dense + aggregation - saved) / 1e6:.3f} |' in run.stdout
