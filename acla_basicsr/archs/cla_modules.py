@@ -840,15 +840,16 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
     (straight-through Gumbel-sigmoid; with ``straight_through=False`` the relaxed value itself is used, a
     binary concrete gate). Evaluation: ``z = [g > 0]``. The noise scale ``s`` (:attr:`noise`, 1 at first) is
     annealed towards 0 by ``train.gate_temperature.noise_end``, so that the last training steps open the keys that
-    evaluation opens (at s = 1 training opens a fraction E[sigmoid(g)], evaluation the fraction of g > 0). The gates multiply the softmax weights without
-    renormalisation, so a closed key contributes nothing and shifting every gate logit changes the training
-    output as it changes the evaluation output (:meth:`CrossLayerAttention.key_weights`).
+    evaluation opens (at s = 1 training opens a fraction E[sigmoid(g)], evaluation the fraction of g > 0). The
+    gates multiply the softmax weights without renormalisation, so a closed key contributes nothing and shifting
+    every gate logit changes the training output as it changes the evaluation output
+    (:meth:`CrossLayerAttention.key_weights`).
 
     Observable after each forward pass: :attr:`last_active_keys` ((L,) mean number of open keys per key layer,
     detached), and after training passes their moving average :attr:`smoothed_active_keys` (decay 0.98, about the
     last 50 steps: one batch of patches is a noisy estimate, its open fraction varied from 0.02 to 0.67 between
-    batches of the trained demo network, docs/cla_acla.md); after each training pass :attr:`expected_open_keys` ((L,) mean of sum_k sigmoid(g / max(s, t)),
-    differentiable: the expectation the MAC penalty uses). Evaluation passes also accumulate the open keys until
+    batches of the trained demo network, docs/cla_acla.md); after each training pass :attr:`expected_open_keys`
+    ((L,) mean of sum_k sigmoid(g / max(s, t)), differentiable: the expectation the MAC penalty uses). Evaluation passes also accumulate the open keys until
     :meth:`reset_key_stats` (:meth:`measured_active_keys`), for the effective MACs of a trained network.
 
     Args:

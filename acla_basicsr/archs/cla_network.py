@@ -203,8 +203,9 @@ class CrossLayerAttentionMixin:
         """Expected MACs of the attention modules under the key gates of the last training pass (differentiable).
 
         The MAC term of RestorationModel's ``train.macs_penalty``: the MACs of the sparse evaluation, where every
-        open key costs its aggregation and every existing key layer its projection, offsets, logits and gates (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other
-        attention types cost their dense MACs with the aggregation of all their keys.
+        open key costs its aggregation and every existing key layer its projection, offsets, logits and gates
+        (:meth:`~acla_basicsr.archs.cla_modules.AdaptiveCrossLayerAttention.expected_macs`); other attention types
+        cost their dense MACs with the aggregation of all their keys.
 
         Args:
             height (int): Feature (= LR input) height.

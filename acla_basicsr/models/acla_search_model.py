@@ -25,8 +25,10 @@ class ACLASearchModel(RestorationModel):
     (RestorationModel's MAC term; multiplicative so that lambda does not depend on the loss's scale, see
     docs/search.md), where ``E[added MACs]`` is the analytic expectation over the independent position gates
     (pairwise cross-layer key term included) and the key gates of the candidates, at the training LR patch
-    size, and the backbone's MACs are counted by torch's flop counter (SPEC section 2). The architecture logits have their own Adam (``train.optim_arch``,
-    constant learning rate; ``optim_g`` and the scheduler drive the weights only). Options (``train.search``):
+    size, and the backbone's MACs are counted by torch's flop counter (SPEC section 2); its gradient charges each
+    candidate its share of them (docs/search.md). The architecture logits have their own Adam
+    (``train.optim_arch``, constant learning rate; ``optim_g`` and the scheduler drive the weights only). Options
+    (``train.search``):
 
     - ``lambda`` (required, >= 0): weight of the MAC penalty (ACLA Table 9: 0.15 EDSR SR, 0.3 RCAN SR,
       0.2 restoration).

@@ -63,8 +63,8 @@ class RestorationModel(SRModel):
       linear), set before every step on a network that has ``set_temperature``; logged as ``gate_temp`` and
       ``gate_noise``.
     - ``train.macs_penalty: {lambda, macs_size, start_iter, ramp_iter}``: the objective becomes
-      ``L_rec * (1 + lambda_t * E[added MACs] / backbone MACs)`` (lambda_t ramped in) with the expectation over the network's
-      gates (``expected_attention_macs``, e.g. ACLA's open keys); the ratio is logged as ``macs_ratio``
+      ``L_rec * (1 + lambda_t * E[added MACs] / backbone MACs)`` (lambda_t ramped in) with the expectation over
+      the network's gates (``expected_attention_macs``, e.g. ACLA's open keys); the ratio is logged as ``macs_ratio``
       and the added term as ``l_macs`` (see :mod:`acla_basicsr.models.schedule_options`).
     - ``val.tile: {tile_size: 256, tile_pad: 16}``: validation and testing run the network tile by tile
       (input pixels; bounded memory on Urban100/Manga109-sized images), ``val.self_ensemble: true``: on the 8
