@@ -38,7 +38,7 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
 - Key layers weighted by ``layer_weights`` (the insert-position supernet) multiply their exponentials inside the
   softmax (``softmax(a + log lw)``, computed in product form): lw = 0 removes a layer exactly, so a hard selection
   computes the network without it, and a removed layer still gets the relaxed gradient ``d w / d lw`` that a
-  straight-through position gate needs (:meth:`CrossLayerAttention.key_weights`).
+  straight-through position gate needs (:meth:`CrossLayerAttention.softmax_weights`).
 - Sparse evaluation (ACLA, ``not self.training``): the logits and gates of every key are computed by their 1x1
   convs (the softmax runs over all K*L logits); a key layer without an open key in the batch (or weighted 0 by
   the supernet) is neither projected nor given offsets; the projected layers get the offsets of all their keys
@@ -636,12 +636,12 @@ class CrossLayerAttention(nn.Module):
         """Per-key multiplier of the softmax weights, (B, L, K, H, W), or None to keep every key."""
         return None
 
-    def key_weights(self, x, layer_weights=None):
-        """Weights of the K*L keys of every query pixel: (B, L, K, H, W), summing to at most 1.
+    def softmax_weights(self, x, layer_weights=None):
+        """Softmax weights of the K*L keys of every query pixel, before the gates: (B, L, K, H, W), summing to 1.
 
-        ``lw_l exp(a_lk) / sum_{l'k'} lw_l' exp(a_l'k') * z_lk``: a softmax over the keys' logits ``a`` in which the
-        key-layer weights ``lw`` (supernet) multiply each layer's exponentials, i.e. ``softmax(a + log lw)``, and the
-        key gates ``z`` (ACLA) multiply after it, without renormalisation. The weights are computed in that product
+        ``lw_l exp(a_lk) / sum_{l'k'} lw_l' exp(a_l'k')``: a softmax over the keys' logits ``a`` in which the
+        key-layer weights ``lw`` (supernet) multiply each layer's exponentials, i.e. ``softmax(a + log lw)``; ACLA's
+        key gates multiply after it (:meth:`key_weights`). The weights are computed in that product
         form rather than in log space so that a layer weighted 0 (a closed candidate under straight-through
         position gates) still gets the gradient of the relaxation, ``d w / d lw_l = exp(a_l - m) / S`` (finite at
         ``lw_l = 0``; ``log(lw)`` would pass 0 there). ``m`` is the largest ``a + log lw`` of the layers that exist,
@@ -664,7 +664,12 @@ class CrossLayerAttention(nn.Module):
                 shift = scores.amax((1, 2), keepdim=True)
             exps = torch.exp((logits - shift).clamp(max=EXP_CAP)) * layer_weights
             weights = (exps / exps.sum((1, 2), keepdim=True)).to(x.dtype)
-        mask = self.key_mask(x)
+        return weights
+
+    def key_weights(self, x, layer_weights=None):
+        """Weights of the K*L keys of every query pixel, (B, L, K, H, W), summing to at most 1: the
+        :meth:`softmax_weights` times the gates of :meth:`key_mask` (no renormalisation)."""
+        weights, mask = self.softmax_weights(x, layer_weights), self.key_mask(x)
         return weights if mask is None else weights * mask
 
     def forward(self, x, key_layers, layer_weights=None):
@@ -677,8 +682,8 @@ class CrossLayerAttention(nn.Module):
         Args:
             x (Tensor): (B, C, H, W) query feature.
             key_layers (list[Tensor]): L key layers, each (B, C, H, W).
-            layer_weights (Tensor | None): (L,) or (B, L) weights of each key layer's keys, applied before the
-                softmax in log space (for the insert-position supernet: 0 removes a layer exactly, 1 keeps it).
+            layer_weights (Tensor | None): (L,) or (B, L) weights of each key layer's keys inside the softmax
+                (:meth:`softmax_weights`; for the insert-position supernet: 0 removes a layer exactly, 1 keeps it).
                 Default: None.
 
         Returns:
@@ -691,30 +696,14 @@ class CrossLayerAttention(nn.Module):
                   and x.device.type != 'meta')
         if not sparse:
             return x + self.proj(self._dense_update(x, key_layers, self.key_weights(x, layer_weights)))
-        weights, gates = self._weights_and_gates(x, layer_weights)
+        weights, gates = self.softmax_weights(x, layer_weights), self.key_mask(x)
+        if gates is not None:
+            weights = weights * gates
         is_open = torch.ones_like(weights, dtype=torch.bool) if gates is None else gates != 0
         if layer_weights is not None:  # a key layer weighted 0 (supernet) has no open key
             layer_weights = torch.as_tensor(layer_weights, device=x.device)
             is_open = is_open & (layer_weights.reshape(-1, self.num_key_layers, 1, 1, 1) > 0)
         return x + self.proj(self._sparse_update(x, key_layers, weights, is_open))
-
-    def _weights_and_gates(self, x, layer_weights):
-        """:meth:`key_weights` and the gates that its call of :meth:`key_mask` returned (None for CLA).
-
-        The gates are recorded, not recomputed: :meth:`key_mask` runs once (its conv, its statistics).
-        """
-        recorded, key_mask = [], self.key_mask
-
-        def recording_key_mask(query):
-            recorded.append(key_mask(query))
-            return recorded[-1]
-
-        self.key_mask = recording_key_mask  # shadows the method on this instance for one call
-        try:
-            weights = self.key_weights(x, layer_weights)
-        finally:
-            del self.key_mask
-        return weights, (recorded[-1] if recorded else None)
 
     def _project_values(self, key_layers, layers=None):
         """Value maps ``W_l f_l + b_l`` of the key layers ``layers`` (default: all), one batched matmul.
