@@ -183,6 +183,7 @@ def test_alternate_architecture_step_differentiates_the_logits_alone(tmp_path, d
     torch.manual_seed(0)
     model = build_model(opt)
     net = model.get_bare_model(model.net_g)
+    assert net.position_straight_through and net.readout == 'expected_count'  # the defaults of train.search
     weights_before = {k: v.detach().clone() for k, v in net.named_parameters() if k != 'arch_logits'}
     logits_before = net.arch_logits.detach().clone()
     batch = next(toy_batches(data, 1))
@@ -274,6 +275,7 @@ def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path
     model.record_search(iters)
     result = exported(tmp_path)
     probs = list(result['probabilities'].values())
+    assert result['readout'] == 'expected_count' and result['sum_probabilities'] == pytest.approx(sum(probs), abs=1e-3)
     if lam == 0:
         assert result['positions'] == [1, 2, 3]
         assert min(probs) > 0.8  # rose from sigmoid(1.0) = 0.73: the search found them useful
