@@ -19,6 +19,7 @@ from conftest import ROOT
 
 TRAIN_YML = osp.join(ROOT, 'options', 'train', 'demo_EDSR_SRx2.yml')
 TEST_YML = osp.join(ROOT, 'options', 'test', 'demo_EDSR_SRx2.yml')
+SEARCH_YML = osp.join(ROOT, 'options', 'search', 'demo_search_SRx2.yml')
 LAUNCHER_ENV = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
 WATCHED = ('experiments', 'results', 'tb_logger', 'datasets', 'model_zoo')
 
@@ -128,6 +129,9 @@ CASES = {
     'benchmarks/bench_cla_sampling': [
         ('--repeat 0', '--repeat'), ('--device gpu', '--device'), ('--memory-probe nope', '--memory-probe'),
     ],
+    'benchmarks/search_module_gains': [('', '-opt'), ('-opt {missing} --checkpoint {missing}', '-opt'),
+                                       (f'-opt {SEARCH_YML} --checkpoint {{missing}}', '--checkpoint'),
+                                       (f'-opt {TRAIN_YML} --checkpoint {TRAIN_YML}', '-opt')],
     'benchmarks/bench_acla_sparsity': [('--threads 0', '--threads'), ('--open 1.5', '--open'), ('--size x', '--size')],
     'benchmarks/bench_divergence_guard': [('--repeats -1', '--repeats'), ('--threads 0', '--threads')],
     'benchmarks/bench_earn': [('--scale 5', '--scale'), ('--size 0', '--size'), ('--memory-size big', '--memory-size')],
