@@ -36,6 +36,7 @@ setup(
         'lmdb>=1.0',
         'pyyaml>=5.4',
         'tqdm>=4.60',
+        'psutil>=5.8',  # acla-restore --tile auto: the available RAM
         'matplotlib>=3.7',  # the search's gate heat map (Agg backend)
     ],
     extras_require={

@@ -57,7 +57,9 @@ CASES = {
             ('--tile-pad -1', '--tile-pad'), ('--device gpu', '--device'), ('--device cuda:7', '--device'),
             ('--ensemble', '--self-ensemble'), ('--bogus 3', '--bogus'), ('--outscale 0', '--outscale'),
             ('--outscale -2', '--outscale'), ('--outscale x', '--outscale'), ('--ext gif', '--ext'),
-            ('--alpha-upsampler realesrgan', '--alpha-upsampler')]],
+            ('--alpha-upsampler realesrgan', '--alpha-upsampler'), ('--tile automatic', '--tile'),
+            ('--max-memory 0', '--max-memory'), ('--max-memory lots', '--max-memory'), ('--max-memory -1G', '--max-memory'),
+            ('--max-memory', '--max-memory')]],
         ('-opt {missing} -i {dir} -o {out}', '-opt'), ('-opt {dir} -i {dir} -o {out}', '-opt'),
         (f'{Y} -i {{missing}} -o {{out}}', '-i'), (f'{Y} -i {{bad}} -o {{file}}', '-o'),
     ],
@@ -139,6 +141,9 @@ CASES = {
     'benchmarks/bench_inference_memory': [
         ('', '--config'), ('--config options/test/ACLA_SRx2.yml', '--size'), ('--config nope.yml --size 8', '--config'),
         ('--table --max-gib 0', '--max-gib'), ('--table --sizes 64', '--sizes'),
+        ('--auto-table demo_ACLA_SRx2 --budgets 0', '--budgets'), ('--auto-table nowhere_x', '--auto-table'),
+        ('--config options/test/ACLA_SRx2.yml --size 8 --tile x', '--tile'),
+        ('--config options/test/ACLA_SRx2.yml --size 8 --max-memory 0', '--max-memory'),
     ],
     'benchmarks/bench_search': [
         ('--iters 0', '--iters'), ('-opt {missing}', '-opt'), ('--device cuda:9', '--device'), ('--batch 0', '--batch'),

@@ -301,7 +301,7 @@ def test_restore_cli_restores_folders_skips_unreadable_and_prints_peak(cli_setup
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--tile', '-4'], "--tile: expected a whole number >= 0, got '-4'"),
+    (['--tile', '-4'], "--tile: expected auto or a whole number >= 0, got '-4'"),
     (['--tile-pad', '-1'], "--tile-pad: expected a whole number >= 0, got '-1'"),
     (['--model', 'missing.pth'], '--model: missing.pth does not exist'),
     (['-i', 'nowhere'], '-i: nowhere does not exist'),

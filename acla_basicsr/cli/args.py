@@ -97,6 +97,27 @@ positive_float = float_range(above=0)
 non_negative_float = float_range(0)
 
 
+def tile_size(text):
+    """A ``type=`` for ``--tile``: ``auto`` or a whole number >= 0 (0: no tiles)."""
+    if text == 'auto':
+        return text
+    try:
+        return non_negative_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number >= 0, got {text!r}") from None
+
+
+def memory_size(text):
+    """A ``type=`` for an amount of memory: MiB as a number, or with a unit (``512M``, ``1.5G``, ``2GiB``);
+    returns bytes."""
+    match = re.fullmatch(r'\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B)?\s*', text, re.IGNORECASE)
+    value = float(match.group(1)) * 1024**'KMGT'.index(match.group(2).upper() or 'M') * 1024 if match else 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f'expected an amount of memory > 0 such as 4G, 512M or 2048 (MiB), '
+                                         f'got {text!r}')
+    return value
+
+
 def torch_device(text):
     """A ``type=`` for a torch device usable here: cpu, cuda, cuda:N (imports torch when it is called)."""
     import torch

@@ -3,7 +3,7 @@
 Usage (``acla-restore`` after ``pip install``, or ``python scripts/inference.py``, same arguments)::
 
     acla-restore -opt options/test/ACLA_SRx2.yml --model net_g_latest.pth -i photos/ -o restored/ \\
-        [--tile 256 --tile-pad 16] [--self-ensemble] [--half] [--suffix x2]
+        [--tile auto|256] [--max-memory 4G] [--tile-pad 16] [--self-ensemble] [--half] [--suffix x2]
 
 Every readable image of ``-i`` (a file or a folder) is restored and written to ``-o`` as
 ``<name>[_<suffix>].png`` (written to a temporary name, then renamed). An image that cannot be read is named
@@ -14,7 +14,8 @@ import os
 import os.path as osp
 import sys
 
-from acla_basicsr.cli.args import ArgumentParser, existing_file, non_negative_int, positive_float, torch_device
+from acla_basicsr.cli.args import (ArgumentParser, existing_file, memory_size, non_negative_int, positive_float,
+                                   tile_size, torch_device)
 from acla_basicsr.errors import OptionError
 
 #: Output formats of ``--ext``; ``auto`` keeps the extension of each input.
@@ -38,8 +39,13 @@ def parse_args(argv=None):
                         help='parameters in the checkpoint (default: params_ema if present, else params)')
     parser.add_argument('-i', '--input', required=True, help='an image or a folder of images')
     parser.add_argument('-o', '--output', required=True, help='output folder (created)')
-    parser.add_argument('--tile', type=non_negative_int, default=0,
-                        help='tile side in input pixels, to bound memory on large images (default 0: no tiles)')
+    parser.add_argument('--tile', type=tile_size, default='auto',
+                        help='tile side in input pixels, to bound memory on large images; 0: no tiles; auto '
+                        '(default): the largest tile within --max-memory, from the memory per pixel measured on '
+                        'the network, halved and retried after an out-of-memory error')
+    parser.add_argument('--max-memory', type=memory_size, default=None,
+                        help='memory budget of --tile auto, e.g. 4G, 512M or 2048 (MiB) (default: 80%% of the free '
+                        'memory of a CUDA device, 50%% of the available RAM on the CPU)')
     parser.add_argument('--tile-pad', type=non_negative_int, default=16,
                         help='context around every tile in input pixels (default 16)')
     parser.add_argument('--self-ensemble', action='store_true', help='average the 8 flips/rotations (x8 time)')
@@ -92,6 +98,22 @@ def output_paths(inputs, folder, suffix, ext='png'):
     return outputs
 
 
+def check_budget(net, inputs, args):
+    """Measure the network's memory per pixel and check that every input fits ``--max-memory`` with the smallest
+    tile (raise :class:`OptionError` otherwise); fills in the default budget."""
+    from acla_basicsr.inference.images import image_size
+    from acla_basicsr.inference.memory import choose_tile, default_budget, measure_memory, return_freed_memory
+    if next(net.parameters()).device.type == 'cpu':
+        return_freed_memory()  # so that the budget bounds the resident set (see its docstring)
+    if args.max_memory is None:
+        args.max_memory = default_budget(next(net.parameters()).device)
+    model = measure_memory(net, args.half)
+    for source in inputs:
+        size = image_size(source)  # None: unreadable, skipped later with its line
+        if size is not None:
+            choose_tile(model, size[1], size[0], args.tile_pad, args.max_memory, args.self_ensemble, '--max-memory')
+
+
 def main(argv=None):
     """Entry point of ``acla-restore`` and ``scripts/inference.py``; returns the exit status."""
     try:
@@ -115,6 +137,10 @@ def main(argv=None):
             args.model = find_zoo_model(args.model_name, '-n')
         options = read_options(args.opt) if args.opt else None  # None: the network_g stored in the checkpoint
         net = load_network(options, args.model, args.param_key, device=device)
+        if args.tile == 'auto':
+            check_budget(net, inputs, args)
+        elif args.max_memory is not None:
+            raise OptionError('--max-memory: the budget of --tile auto; leave it out with a fixed --tile.')
     except OptionError as error:
         print(f'error: {error}', file=sys.stderr, flush=True)
         return 2
@@ -130,11 +156,13 @@ def main(argv=None):
             else:
                 try:
                     result = restore(net, image, args.tile or None, args.tile_pad, args.self_ensemble, args.half,
-                                     alpha_upsampler=args.alpha_upsampler, outscale=args.outscale)
+                                     alpha_upsampler=args.alpha_upsampler, outscale=args.outscale,
+                                     max_memory=args.max_memory,
+                                     notify=lambda line: tqdm.write(line, file=sys.stderr))
                     write_image(target, result)
                 except (RuntimeError, ValueError, OSError) as error:  # e.g. out of memory: the others go on
                     message = str(error).splitlines()[0] if str(error) else type(error).__name__
-                    hint = '; try --tile 256' if 'memory' in message.lower() and not args.tile else ''
+                    hint = '; try --tile auto' if 'memory' in message.lower() and args.tile != 'auto' else ''
                     tqdm.write(f'failed: {source}: {message}{hint}', file=sys.stderr)
                     failures += 1
             bar.update(1)

@@ -59,7 +59,7 @@ def _to_image(out, dtype, peak):
 
 
 def restore(net, image, tile=None, tile_pad=DEFAULT_TILE_PAD, self_ensemble=False, half=False, progress=None,
-            alpha_upsampler='resize', outscale=None):
+            alpha_upsampler='resize', outscale=None, max_memory=None, notify=None):
     """Restore (or super-resolve) one image with a network from :func:`load_network`.
 
     Every kind of image comes back as the same kind: grey stays grey (a colour network sees it repeated to
@@ -73,8 +73,9 @@ def restore(net, image, tile=None, tile_pad=DEFAULT_TILE_PAD, self_ensemble=Fals
             imageio and scikit-image give them; :func:`read_image` for files). Converted to the channels the
             network reads (luma for 1-channel networks such as gray denoising or Bayer demosaicing, repeated
             gray for colour ones).
-        tile (int | None): Tile side in input pixels, to bound the memory on large images; None: whole image.
-            Default: None.
+        tile (int | str | None): Tile side in input pixels, to bound the memory on large images; None: whole
+            image; 'auto': the largest tile within ``max_memory`` (halved and retried after an out-of-memory
+            error). Default: None.
         tile_pad (int): Context of every tile, in input pixels; at least the receptive field radius gives the
             untiled result. Default: 16.
         self_ensemble (bool): Average the 8 flips/transpositions (x8 the time). Default: False.
@@ -86,6 +87,9 @@ def restore(net, image, tile=None, tile_pad=DEFAULT_TILE_PAD, self_ensemble=Fals
         outscale (float | None): Resize the output to ``int(outscale * W) x int(outscale * H)`` of the input
             with ``cv2.INTER_LANCZOS4`` (as Real-ESRGAN's ``--outscale``); None: the network's own scale.
             Default: None.
+        max_memory (float | None): Bytes that ``tile='auto'`` may use; None: a fraction of the memory available
+            on the network's device (:func:`~acla_basicsr.inference.memory.default_budget`). Default: None.
+        notify (Callable | None): Called with one line when ``tile='auto'`` chooses or retries. Default: None.
 
     Returns:
         ndarray: The result, same dtype as ``image``: (H', W') for a gray input or a 1-channel output,
@@ -103,7 +107,7 @@ def restore(net, image, tile=None, tile_pad=DEFAULT_TILE_PAD, self_ensemble=Fals
     gray = image.ndim == 2 or image.shape[2] == 1
 
     def run(lq):
-        return run_network(net, lq, tile, tile_pad, self_ensemble, half, progress)
+        return run_network(net, lq, tile, tile_pad, self_ensemble, half, progress, max_memory, notify)
 
     out = _to_image(_forward(net, match_channels(image, channels), peak, gray and channels == 3, run),
                     image.dtype, peak)
@@ -132,6 +136,17 @@ def exif_orientation(data):
     except Exception:  # noqa: B902  (not an image Pillow knows, no Pillow, a damaged header)
         return 1
     return value if value in _ORIENT else 1
+
+
+def image_size(path):
+    """(width, height) of an image file from its header (read with Pillow), before any EXIF rotation; None when
+    Pillow cannot read it."""
+    try:
+        from PIL import Image
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: B902  (not an image Pillow knows, no Pillow, a damaged header)
+        return None
 
 
 def read_image(path):

@@ -15,11 +15,13 @@ Unregistered helpers shared by the command ``acla-restore`` (``scripts/inference
   the outputs of the 8 flips and transpositions of the input, each transformed back.
 - Half precision: ``torch.autocast`` with float16 on CUDA and bfloat16 on the CPU; outputs are float32.
 """
-from contextlib import nullcontext
+import warnings
 
 import torch
 
 from acla_basicsr.option_spec import Option
+from . import memory
+from .memory import precision_context
 
 #: Pad of the tiles (LR pixels) when a tile size is given without one.
 DEFAULT_TILE_PAD = 16
@@ -31,12 +33,14 @@ def check_tile(tile_size, tile_pad, size_name='tile', pad_name='tile_pad'):
     """Check a tile size and pad; raise :class:`OptionError` naming the option otherwise.
 
     Args:
-        tile_size (int | None): Tile side in input pixels; None or 0: no tiles.
+        tile_size (int | str | None): Tile side in input pixels; None or 0: no tiles; 'auto': chosen from a memory
+            budget.
         tile_pad (int): Context around every tile, in input pixels.
         size_name (str): How the size option is called, for the message. Default: 'tile'.
         pad_name (str): How the pad option is called. Default: 'tile_pad'.
     """
-    TILE_SIZE.check(tile_size, size_name)
+    if tile_size != 'auto':
+        TILE_SIZE.check(tile_size, size_name)
     TILE_PAD.check(tile_pad, pad_name)
 
 
@@ -123,31 +127,56 @@ def self_ensemble_forward(forward, lq):
     return total / 8
 
 
-def precision_context(device, half):
-    """``torch.autocast`` for ``half`` precision on ``device``: float16 on CUDA, bfloat16 elsewhere."""
-    if not half:
-        return nullcontext()
-    device = torch.device(device)
-    dtype = torch.float16 if device.type == 'cuda' else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def run_network(net, lq, tile_size=None, tile_pad=DEFAULT_TILE_PAD, self_ensemble=False, half=False, progress=None):
+def run_network(net, lq, tile_size=None, tile_pad=DEFAULT_TILE_PAD, self_ensemble=False, half=False, progress=None,
+                max_memory=None, notify=None):
     """Run ``net`` on a batch without gradients, with optional tiles, self-ensemble and half precision.
 
     Args:
         net (nn.Module): The network, in the mode the caller wants (``eval()`` for inference).
         lq (Tensor): (B, C, H, W) input on the network's device, in [0, 1].
-        tile_size (int | None): Tile side in input pixels; None or 0: the whole image at once. Default: None.
+        tile_size (int | str | None): Tile side in input pixels; None or 0: the whole image at once; 'auto': the
+            largest tile within ``max_memory`` (:func:`~acla_basicsr.inference.memory.choose_tile`), halved
+            and retried after an out-of-memory error. Default: None.
         tile_pad (int): Context of every tile in input pixels. Default: 16.
         self_ensemble (bool): Average the 8 flips/transpositions. Default: False.
         half (bool): float16 autocast on CUDA, bfloat16 on the CPU. Default: False.
         progress (Callable | None): ``progress(done, total)`` after every forward pass. Default: None.
+        max_memory (float | None): Bytes that ``tile_size='auto'`` may use; None: the default fraction of the
+            memory available on the device (:func:`~acla_basicsr.inference.memory.default_budget`).
+        notify (Callable | None): Called with one line when 'auto' chooses a tile or retries after running out of
+            memory. Default: None (retries are warned).
 
     Returns:
         Tensor: The output, float32 (or wider).
     """
     check_tile(tile_size, tile_pad)
+    if tile_size != 'auto':
+        return _run_tiles(net, lq, tile_size, tile_pad, self_ensemble, half, progress)
+    model = memory.measure_memory(net, half)
+    budget = memory.default_budget(lq.device) if max_memory is None else max_memory
+    h, w = lq.shape[-2:]
+    tile_size = memory.choose_tile(model, h, w, tile_pad, budget, self_ensemble)
+    if notify is not None:
+        notify(f"tile auto: {'whole image' if tile_size is None else f'tile {tile_size}'} for {w}x{h} within "
+               f'{budget / 2**20:.0f} MiB ({model})')
+    while True:
+        try:
+            return _run_tiles(net, lq, tile_size, tile_pad, self_ensemble, half, progress)
+        except torch.OutOfMemoryError:
+            smaller = (tile_size or max(h, w)) // 2 // memory.TILE_STEP * memory.TILE_STEP
+            if smaller < memory.MIN_TILE:
+                raise
+            message = f'tile auto: out of memory with {tile_size or "the whole image"}; retrying with tile {smaller}'
+            if lq.device.type == 'cuda':
+                torch.cuda.empty_cache()
+            if notify is None:
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+            else:
+                notify(message)
+            tile_size = smaller
+
+
+def _run_tiles(net, lq, tile_size, tile_pad, self_ensemble, half, progress):
     h, w = lq.shape[-2:]
     tiles = (-(-h // tile_size)) * (-(-w // tile_size)) if tile_size else 1
     total, done = (8 if self_ensemble else 1) * tiles, [0]
