@@ -1,9 +1,11 @@
 """The model zoo: publishing (hash-named weights, safetensors, model cards), loading by path or URL with the
 hash checked, ONNX export of every family, spandrel detection of every family, and the published demo networks
 (their files, cards, and a card's PSNR reproduced through test.py)."""
+import copy
 import glob
 import hashlib
 import importlib.util
+import math
 import os
 import os.path as osp
 import shutil
@@ -265,6 +267,88 @@ def test_spandrel_leaves_other_architectures_alone():
              'layers.0.residual_group.blocks.0.norm1.weight': torch.zeros(8)}
     for arch in spandrel.MAIN_REGISTRY.architectures('detection')[:5]:
         assert not arch.detect(state)
+
+
+# The decisions that the descriptors must declare (acla_basicsr/zoo/spandrel_support.py says why).
+SPANDREL_TILING = {'EDSR': 'SUPPORTED', 'ACLAEDSR': 'SUPPORTED', 'ACLARCAN': 'SUPPORTED', 'ENLCN': 'DISCOURAGED',
+                   'EARN': 'SUPPORTED'}
+
+
+def photo(height, width, channels=3):
+    """A crop of a photograph that scikit-image ships, (1, C, H, W) in [0, 1]."""
+    from skimage import data
+    crop = data.chelsea()[100:100 + height, 180:180 + width, :channels]
+    return torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
+
+
+def psnr_against(output, reference):
+    mse = (output.float() - reference).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def spandrel_model(path):
+    spandrel = pytest.importorskip('spandrel')
+    from acla_basicsr.zoo.spandrel_support import register
+    register()
+    return spandrel.ModelLoader().load_from_file(path)
+
+
+@pytest.mark.parametrize('key', ['EDSR', 'ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'ACLAEDSR_gray_x1'])
+def test_spandrel_declares_tiling_and_runs_at_every_size(tmp_path, key):
+    """The declared tiling; no size requirement, and sizes from the minimum (1x1) on run without padding."""
+    pth, net = publish(tmp_path, key)
+    model = spandrel_model(pth)
+    assert model.tiling.name == SPANDREL_TILING[TINY[key]['type']]
+    assert model.size_requirements.none and model.size_requirements.minimum == 0
+    channels, scale = TINY[key]['num_in_ch'], TINY[key]['upscale']
+    for height, width in ((1, 1), (1, 4), (3, 2), (5, 7)):
+        x = torch.rand(1, channels, height, width, generator=torch.Generator().manual_seed(height))
+        assert model.size_requirements.check(width, height)
+        with torch.no_grad():
+            assert torch.allclose(model(x), net(x).clamp(0, 1), atol=1e-6), (height, width)
+        assert model(x).shape[-2:] == (height * scale, width * scale)
+
+
+# one trained network per family (and a tiny ACLARCAN: no zoo network), at a size a CPU runs quickly in float16
+PRECISION_CASES = ['demo_EDSR_SRx2', 'demo_EDSR_DM', 'demo_ACLA_SRx2', 'demo_ENLCN_SRx2', 'demo_EARN_SRx2',
+                   'tiny ACLARCAN']
+
+
+@pytest.mark.parametrize('case', PRECISION_CASES)
+def test_spandrel_half_and_bfloat16_within_the_declared_tolerance(tmp_path, case):
+    """What spandrel users do with a declared dtype (``model.half()`` / ``model.bfloat16()``, the image in that
+    dtype): the output stays within PRECISION_PSNR dB of float32's, finite."""
+    from acla_basicsr.zoo.spandrel_support import PRECISION_PSNR
+    if case.startswith('tiny '):
+        pth = publish(tmp_path, case.split()[1])[0]
+    else:
+        (pth, ) = [v for v in ZOO_MODELS if osp.basename(v).startswith(case + '-')]
+    model = spandrel_model(pth)
+    x = photo(32, 28, model.input_channels)
+    reference = model(x)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert model.supports_bfloat16 if dtype == torch.bfloat16 else model.supports_half
+        low = copy.deepcopy(model).to(dtype)  # spandrel's check of the declaration, then .to of the network
+        output = low(x.to(dtype))
+        assert output.dtype == dtype and output.shape == reference.shape and torch.isfinite(output).all()
+        assert psnr_against(output, reference) > PRECISION_PSNR, dtype
+
+
+def test_spandrel_tiling_declarations_match_tiled_outputs():
+    """Tiles with 16 pixels of context: the SUPPORTED zoo networks keep their output within 8-bit rounding
+    (EDSR's receptive field is 12 pixels: equal up to float rounding), ENLCN's (DISCOURAGED) changes beyond it."""
+    from acla_basicsr.inference.tiles import tile_forward
+    x = photo(64, 64)
+    for pth in ZOO_MODELS:
+        model = spandrel_model(pth)
+        with torch.no_grad():
+            difference = (tile_forward(model, x, 32, 16) - model(x)).abs().max().item() * 255
+        if model.architecture.id == 'EDSR':
+            assert difference < 1e-3, pth
+        elif model.tiling.name == 'SUPPORTED':
+            assert difference < 0.5, (pth, difference)
+        else:
+            assert difference > 0.5, (pth, difference)
 
 
 # ------------------------------------------------------------------------------------------ the published zoo
