@@ -5,6 +5,7 @@ import copy
 import glob
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import os.path as osp
@@ -17,7 +18,7 @@ import yaml
 from acla_basicsr.errors import OptionError
 from acla_basicsr.inference.detect import network_options
 from acla_basicsr.inference import build_network, load_network
-from acla_basicsr.zoo.card import parse_test_log, read_front_matter
+from acla_basicsr.zoo.card import parse_test_log, read_card, read_front_matter, render_card
 from acla_basicsr.zoo.onnx_export import check_onnx, export_mode, export_onnx
 from acla_basicsr.config.schema import check_schema
 from acla_basicsr.zoo.published import check_hash_suffix, file_sha256, load_zoo_model, read_state_dict, zoo_parts
@@ -137,6 +138,75 @@ def test_publish_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, caps
     assert exit_info.value.code == 2
     assert first_error_line(capsys).startswith(expected)
     assert not osp.exists(tmp_path / 'zoo') or not os.listdir(tmp_path / 'zoo')
+
+
+def test_publish_hub_folder_holds_the_card_weights_and_config(tmp_path):
+    pth, net = publish(tmp_path, 'ACLAEDSR', '--hub-folder', str(tmp_path / 'hub'))
+    stem = osp.splitext(osp.basename(pth))[0]
+    assert sorted(os.listdir(tmp_path / 'hub')) == sorted(['README.md', 'config.json', f'{stem}.pth',
+                                                           f'{stem}.safetensors'])
+    assert (tmp_path / 'hub' / 'README.md').read_text() == open(pth[:-4] + '.md').read()
+    for ext in ('.pth', '.safetensors'):
+        assert file_sha256(str(tmp_path / 'hub' / (stem + ext))) == file_sha256(pth[:-4] + ext)
+    config = json.loads((tmp_path / 'hub' / 'config.json').read_text())
+    assert config['network_g'] == TINY['ACLAEDSR'] and config['scale'] == 2 and config['param_key'] == 'params'
+    assert config['sha256'] == file_sha256(pth) and config['task'].startswith('super-resolution x2')
+    loaded = load_zoo_model(str(tmp_path / 'hub' / f'{stem}.pth'))
+    x = torch.rand(1, 3, 9, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    assert not glob.glob(str(tmp_path / 'hub' / '.*'))  # no temporary file left
+
+
+def zoo_copy(tmp_path, name='demo_EDSR_SRx2'):
+    """A copy of a zoo network's card and weights in ``tmp_path/zoo``; the card's path."""
+    (pth, ) = [v for v in ZOO_MODELS if osp.basename(v).startswith(name + '-')]
+    os.makedirs(tmp_path / 'zoo', exist_ok=True)
+    for ext in ('.pth', '.safetensors', '.md'):
+        shutil.copy(pth[:-4] + ext, tmp_path / 'zoo')
+    return str(tmp_path / 'zoo' / osp.basename(pth[:-4] + '.md'))
+
+
+def test_refresh_card_rerenders_a_card_from_itself(tmp_path, capsys):
+    """A card of the layout before the Hub's model-index gets it back, nothing else changes; with --hub-folder."""
+    card = zoo_copy(tmp_path)
+    front, description, commands = read_card(card)
+    text = render_card(front, description, commands, front['metrics'])
+    old = text.replace(text[text.index('model-index:'):text.index('\n---\n', 4) + 1], '')  # the card as it was
+    with open(card, 'w') as f:
+        f.write(old)
+    assert 'model-index' not in read_front_matter(card)
+    publish_model.main(['--refresh-card', card, '--hub-folder', str(tmp_path / 'hub')])
+    assert open(card).read() == text and (tmp_path / 'hub' / 'README.md').read_text() == text
+    assert sorted(os.listdir(tmp_path / 'hub'))[:2] == ['README.md', 'config.json']
+    publish_model.main(['--refresh-card', card])  # a refreshed card is its own rendering
+    assert open(card).read() == text
+
+
+@pytest.mark.parametrize('case', ['hand-edited', 'other arguments', 'no weights', 'two cards, one folder'])
+def test_refresh_card_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+    card = zoo_copy(tmp_path)
+    args, expected = ['--refresh-card', card], f'error: --refresh-card: {card}: its text is not the layout'
+    if case == 'hand-edited':
+        with open(card, 'a') as f:
+            f.write('A line added by hand.\n')
+    elif case == 'other arguments':
+        args += ['--out', str(tmp_path / 'zoo'), '--trained-on', 'x']
+        expected = 'error: --out, --trained-on: not used with --refresh-card'
+    elif case == 'no weights':
+        os.remove(card[:-3] + '.safetensors')
+        args += ['--hub-folder', str(tmp_path / 'hub')]
+        expected = f"error: --refresh-card: {card[:-3] + '.safetensors'}: not found beside its card"
+    else:
+        args = ['--refresh-card', card, card, '--hub-folder', str(tmp_path / 'hub')]
+        expected = 'error: --hub-folder: give one --refresh-card with it'
+    before = {v: open(v, 'rb').read() for v in glob.glob(str(tmp_path / 'zoo' / '*'))}
+    with pytest.raises(SystemExit) as exit_info:
+        publish_model.main(args)
+    assert exit_info.value.code == 2
+    assert first_error_line(capsys).startswith(expected)
+    assert {v: open(v, 'rb').read() for v in glob.glob(str(tmp_path / 'zoo' / '*'))} == before
+    assert not osp.exists(tmp_path / 'hub')
 
 
 @pytest.mark.slow
