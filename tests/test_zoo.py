@@ -444,6 +444,29 @@ def test_zoo_file_hash_card_and_strict_load(pth):
 
 
 @pytest.mark.parametrize('pth', ZOO_MODELS, ids=zoo_ids())
+def test_zoo_card_has_the_hub_model_index_of_its_table(pth):
+    """Every zoo card: the Hub's model-index holds the network's metrics of each test set, the values of the
+    card's table and of its ``metrics``; the card is the rendering of itself (``--refresh-card`` changes nothing)."""
+    card = read_front_matter(pth[:-4] + '.md')
+    (index, ) = card['model-index']
+    assert index['name'] == card['model_name'] and len(index['results']) == len(card['metrics'])
+    text = open(pth[:-4] + '.md').read()
+    for result, row in zip(index['results'], card['metrics']):
+        assert result['task'] == {'type': 'image-to-image', 'name': card['task']}
+        assert result['dataset'] == {'name': row['dataset'], 'type': row['dataset']}
+        metrics = {m['type']: m for m in result['metrics']}
+        assert set(metrics) == {'psnr', 'ssim'}
+        for metric, entry in metrics.items():
+            assert entry['value'] == row[metric]
+            assert entry['args'] == {'crop_border': row[f'{metric}_crop_border'],
+                                     'test_y_channel': row[f'{metric}_y_channel']}
+            assert entry['name'] == metric.upper() + ('-Y' if row[f'{metric}_y_channel'] else ' (RGB)')
+        assert f"| {row['dataset']} | {metrics['psnr']['value']:.4f} | {metrics['ssim']['value']:.4f} |" in text
+    front, description, commands = read_card(pth[:-4] + '.md')
+    assert render_card(front, description, commands, front['metrics']) == text
+
+
+@pytest.mark.parametrize('pth', ZOO_MODELS, ids=zoo_ids())
 def test_zoo_file_loads_in_spandrel_from_pth_and_safetensors(pth):
     """The .pth (options in its metadata) and the .safetensors (spandrel drops its metadata: shapes and
     conventions only) give the card's network and its output."""
