@@ -5,21 +5,29 @@ Writes, each through a temporary name and a rename::
 
     OUT/<name>-<sha256[:8]>.pth          {'params_ema' or 'params': state dict}, nothing else (no optimizer)
     OUT/<name>-<sha256[:8]>.safetensors  the same tensors; network_g and the parameter key in its metadata
-    OUT/<name>-<sha256[:8]>.md           model card: YAML front matter, metrics table, commands
+    OUT/<name>-<sha256[:8]>.md           model card: YAML front matter (the Hub's model-index of the
+                                         metrics included), metrics table, commands
 
 The suffix is the first 8 hex digits of the sha256 of the written .pth (publishing the same weights again
 gives the same name). Metrics come from the logs of ``acla_basicsr/test.py`` (``--metrics``); every log must
-have tested these weights.
+have tested these weights. ``--hub-folder DIR`` also writes a folder to upload to the Hugging Face Hub
+(``DIR/README.md``: the card, the .pth and .safetensors, ``DIR/config.json``: network_g, scale, task, ...).
+``--refresh-card CARD ...`` re-renders published cards from themselves (after a change of the card's layout:
+no checkpoint or log is needed), alone or with ``--hub-folder`` for one card.
 
 Usage::
 
     python scripts/publish_model.py -opt options/train/demo_EDSR_SRx2.yml \\
         --model experiments/demo_EDSR_SRx2/models/net_g_latest.pth --out model_zoo \\
         [--name demo_EDSR_SRx2] [--param-key params_ema|params] [--metrics results/X/test_X_*.log ...] \\
-        [--train-log experiments/demo_EDSR_SRx2/train_*.log] [--train-command "..."] [--trained-on "..."]
+        [--train-log experiments/demo_EDSR_SRx2/train_*.log] [--train-command "..."] [--trained-on "..."] \\
+        [--hub-folder hub/demo_EDSR_SRx2]
+    python scripts/publish_model.py --refresh-card model_zoo/*.md
+    python scripts/publish_model.py --refresh-card model_zoo/demo_EDSR_SRx2-08c6a439.md --hub-folder hub/demo_EDSR_SRx2
 
 Bad input (a missing or unreadable checkpoint, one that does not fit the options' network, an unreadable
-log, a log of other weights) ends with one ``error:`` line naming the file, and exit status 2.
+log, a log of other weights, a card that is not publish_model.py's) ends with one ``error:`` line naming the
+file, and exit status 2, before anything is written.
 """
 import glob
 import os
@@ -137,13 +145,44 @@ def train_iterations(train_log):
     return int(found[-1].replace(',', ''))
 
 
+def refresh_cards(parser, args):
+    """``--refresh-card``: re-render every card from itself (:func:`~acla_basicsr.zoo.card.read_card`); all are
+    read and checked before the first is written."""
+    from acla_basicsr.errors import OptionError
+    from acla_basicsr.fileio import write_text
+    from acla_basicsr.zoo.card import read_card, render_card
+    from acla_basicsr.zoo.published import check_hub_card, write_hub_folder
+    given = [action.option_strings[0] for action in parser._actions
+             if action.dest not in ('help', 'refresh_card', 'hub_folder')
+             and getattr(args, action.dest) != action.default]
+    if given:
+        parser.error(f'{", ".join(given)}: not used with --refresh-card, which re-renders cards from themselves '
+                     '(only --hub-folder goes with it)')
+    if args.hub_folder and len(args.refresh_card) != 1:
+        parser.error('--hub-folder: give one --refresh-card with it (a Hub repository holds one network)')
+    cards = []
+    for path in args.refresh_card:
+        try:
+            cards.append((path, read_card(path)))
+            if args.hub_folder:
+                check_hub_card(path)
+        except (ValueError, OptionError) as error:
+            fail(f'--refresh-card: {error}')
+    for path, (front, description, commands) in cards:
+        write_text(path, render_card(front, description, commands, front['metrics']))
+        print(f'refreshed {rel(path)}')
+    if args.hub_folder:
+        for path in write_hub_folder(args.refresh_card[0], args.hub_folder):
+            print(f'  {path}  {osp.getsize(path) / 1024:.1f} KiB')
+
+
 def main(argv=None):
     parser = ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('-opt', required=True, type=existing_file,
-                        help='the train (or test) options file the network was trained with')
-    parser.add_argument('--model', required=True, type=existing_file,
-                        help='the checkpoint, e.g. experiments/X/models/net_g_latest.pth')
-    parser.add_argument('--out', required=True, type=output_folder, help='zoo folder, e.g. model_zoo')
+    parser.add_argument('-opt', type=existing_file,
+                        help='the train (or test) options file the network was trained with (required)')
+    parser.add_argument('--model', type=existing_file,
+                        help='the checkpoint, e.g. experiments/X/models/net_g_latest.pth (required)')
+    parser.add_argument('--out', type=output_folder, help='zoo folder, e.g. model_zoo (required)')
     parser.add_argument('--name', help='file name stem (default: the options name)')
     parser.add_argument('--param-key', choices=('params_ema', 'params'),
                         help='parameters to publish (default: params_ema if the checkpoint has it, else params)')
@@ -155,10 +194,23 @@ def main(argv=None):
     parser.add_argument('--train-command', help='the exact training command (default: train.py -opt OPTIONS)')
     parser.add_argument('--trained-on', default='not stated', help='hardware, e.g. "1 NVIDIA H100"')
     parser.add_argument('--description', default='', help='text for the card, after the standard paragraph')
+    parser.add_argument('--hub-folder', type=output_folder,
+                        help='also write a folder to upload to the Hugging Face Hub: README.md (the card), the '
+                        '.pth and .safetensors, config.json (network_g, scale, task, ...)')
+    parser.add_argument('--refresh-card', nargs='+', type=existing_file, metavar='CARD',
+                        help='re-render published cards from themselves (no other argument but --hub-folder)')
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    if args.refresh_card:
+        return refresh_cards(parser, args)
+    missing = [flag for flag, value in (('-opt', args.opt), ('--model', args.model), ('--out', args.out)) if not value]
+    if missing:
+        parser.error(f'the following arguments are required: {", ".join(missing)}')
     if args.name is not None and (not args.name or os.sep in args.name):
         parser.error(f'--name: {args.name!r} is not a file name stem; give one such as ACLA_SRx2')
+    if args.hub_folder and osp.abspath(args.hub_folder) == osp.abspath(args.out):
+        parser.error(f'--hub-folder: {args.hub_folder} is the --out folder; give a folder of its own (it gets a '
+                     'README.md and a config.json)')
 
     import acla_basicsr  # noqa: F401  (registers the networks)
     from acla_basicsr.inference import read_options
@@ -166,7 +218,7 @@ def main(argv=None):
     from acla_basicsr.zoo.card import metric_rows, render_card, task_of
     from acla_basicsr.errors import OptionError
     from acla_basicsr.fileio import write_text
-    from acla_basicsr.zoo.published import file_sha256, write_published
+    from acla_basicsr.zoo.published import file_sha256, write_hub_folder, write_published
 
     try:
         opt = read_options(args.opt)
@@ -225,6 +277,10 @@ def main(argv=None):
     for row in rows:
         print(f"  {row['dataset']}: PSNR {row.get('psnr', float('nan')):.4f} dB, "
               f"SSIM {row.get('ssim', float('nan')):.4f}")
+    if args.hub_folder:
+        print(f'Hub folder {args.hub_folder}:')
+        for path in write_hub_folder(stem + '.md', args.hub_folder):
+            print(f'  {path}  {osp.getsize(path) / 1024:.1f} KiB')
 
 
 if __name__ == '__main__':

@@ -95,7 +95,11 @@ CASES = {
         ('-opt {missing} --model {file} --out {out}', '-opt'), (f'{Y} --model {{file}} --out {{file}}', '--out'),
         *[(f'{Y} --model {{file}} --out {{out}} {args}', flag) for args, flag in [
             ('--iterations 0', '--iterations'), ('--param-key ema', '--param-key'), ('--metrics {missing}', '--metrics'),
-            ('--train-log {dir}', '--train-log'), ('--name a/b', '--name')]],
+            ('--train-log {dir}', '--train-log'), ('--name a/b', '--name'),
+            ('--hub-folder {file}', '--hub-folder'), ('--hub-folder {out}', '--hub-folder')]],
+        ('--refresh-card', '--refresh-card'), ('--refresh-card {missing}', '--refresh-card'),
+        ('--refresh-card {file}', '--refresh-card'), ('--refresh-card {file} --out {out}', '--out'),
+        ('--refresh-card {file} {file} --hub-folder {out}', '--hub-folder'),
     ],
     'scripts/measure_tasks': [
         ('--iters 0', '--iters'), ('--num-eval 30', '--num-eval'), ('--threads two', '--threads'), ('--x', '--x'),

@@ -1,9 +1,12 @@
 """The model zoo: publishing (hash-named weights, safetensors, model cards), loading by path or URL with the
 hash checked, ONNX export of every family, spandrel detection of every family, and the published demo networks
 (their files, cards, and a card's PSNR reproduced through test.py)."""
+import copy
 import glob
 import hashlib
 import importlib.util
+import json
+import math
 import os
 import os.path as osp
 import shutil
@@ -15,7 +18,7 @@ import yaml
 from acla_basicsr.errors import OptionError
 from acla_basicsr.inference.detect import network_options
 from acla_basicsr.inference import build_network, load_network
-from acla_basicsr.zoo.card import parse_test_log, read_front_matter
+from acla_basicsr.zoo.card import parse_test_log, read_card, read_front_matter, render_card
 from acla_basicsr.zoo.onnx_export import check_onnx, export_mode, export_onnx
 from acla_basicsr.config.schema import check_schema
 from acla_basicsr.zoo.published import check_hash_suffix, file_sha256, load_zoo_model, read_state_dict, zoo_parts
@@ -135,6 +138,75 @@ def test_publish_bad_input_is_one_line_naming_the_file_and_exit_2(tmp_path, caps
     assert exit_info.value.code == 2
     assert first_error_line(capsys).startswith(expected)
     assert not osp.exists(tmp_path / 'zoo') or not os.listdir(tmp_path / 'zoo')
+
+
+def test_publish_hub_folder_holds_the_card_weights_and_config(tmp_path):
+    pth, net = publish(tmp_path, 'ACLAEDSR', '--hub-folder', str(tmp_path / 'hub'))
+    stem = osp.splitext(osp.basename(pth))[0]
+    assert sorted(os.listdir(tmp_path / 'hub')) == sorted(['README.md', 'config.json', f'{stem}.pth',
+                                                           f'{stem}.safetensors'])
+    assert (tmp_path / 'hub' / 'README.md').read_text() == open(pth[:-4] + '.md').read()
+    for ext in ('.pth', '.safetensors'):
+        assert file_sha256(str(tmp_path / 'hub' / (stem + ext))) == file_sha256(pth[:-4] + ext)
+    config = json.loads((tmp_path / 'hub' / 'config.json').read_text())
+    assert config['network_g'] == TINY['ACLAEDSR'] and config['scale'] == 2 and config['param_key'] == 'params'
+    assert config['sha256'] == file_sha256(pth) and config['task'].startswith('super-resolution x2')
+    loaded = load_zoo_model(str(tmp_path / 'hub' / f'{stem}.pth'))
+    x = torch.rand(1, 3, 9, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    assert not glob.glob(str(tmp_path / 'hub' / '.*'))  # no temporary file left
+
+
+def zoo_copy(tmp_path, name='demo_EDSR_SRx2'):
+    """A copy of a zoo network's card and weights in ``tmp_path/zoo``; the card's path."""
+    (pth, ) = [v for v in ZOO_MODELS if osp.basename(v).startswith(name + '-')]
+    os.makedirs(tmp_path / 'zoo', exist_ok=True)
+    for ext in ('.pth', '.safetensors', '.md'):
+        shutil.copy(pth[:-4] + ext, tmp_path / 'zoo')
+    return str(tmp_path / 'zoo' / osp.basename(pth[:-4] + '.md'))
+
+
+def test_refresh_card_rerenders_a_card_from_itself(tmp_path, capsys):
+    """A card of the layout before the Hub's model-index gets it back, nothing else changes; with --hub-folder."""
+    card = zoo_copy(tmp_path)
+    front, description, commands = read_card(card)
+    text = render_card(front, description, commands, front['metrics'])
+    old = text.replace(text[text.index('model-index:'):text.index('\n---\n', 4) + 1], '')  # the card as it was
+    with open(card, 'w') as f:
+        f.write(old)
+    assert 'model-index' not in read_front_matter(card)
+    publish_model.main(['--refresh-card', card, '--hub-folder', str(tmp_path / 'hub')])
+    assert open(card).read() == text and (tmp_path / 'hub' / 'README.md').read_text() == text
+    assert sorted(os.listdir(tmp_path / 'hub'))[:2] == ['README.md', 'config.json']
+    publish_model.main(['--refresh-card', card])  # a refreshed card is its own rendering
+    assert open(card).read() == text
+
+
+@pytest.mark.parametrize('case', ['hand-edited', 'other arguments', 'no weights', 'two cards, one folder'])
+def test_refresh_card_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+    card = zoo_copy(tmp_path)
+    args, expected = ['--refresh-card', card], f'error: --refresh-card: {card}: its text is not the layout'
+    if case == 'hand-edited':
+        with open(card, 'a') as f:
+            f.write('A line added by hand.\n')
+    elif case == 'other arguments':
+        args += ['--out', str(tmp_path / 'zoo'), '--trained-on', 'x']
+        expected = 'error: --out, --trained-on: not used with --refresh-card'
+    elif case == 'no weights':
+        os.remove(card[:-3] + '.safetensors')
+        args += ['--hub-folder', str(tmp_path / 'hub')]
+        expected = f"error: --refresh-card: {card[:-3] + '.safetensors'}: not found beside its card"
+    else:
+        args = ['--refresh-card', card, card, '--hub-folder', str(tmp_path / 'hub')]
+        expected = 'error: --hub-folder: give one --refresh-card with it'
+    before = {v: open(v, 'rb').read() for v in glob.glob(str(tmp_path / 'zoo' / '*'))}
+    with pytest.raises(SystemExit) as exit_info:
+        publish_model.main(args)
+    assert exit_info.value.code == 2
+    assert first_error_line(capsys).startswith(expected)
+    assert {v: open(v, 'rb').read() for v in glob.glob(str(tmp_path / 'zoo' / '*'))} == before
+    assert not osp.exists(tmp_path / 'hub')
 
 
 @pytest.mark.slow
@@ -267,6 +339,88 @@ def test_spandrel_leaves_other_architectures_alone():
         assert not arch.detect(state)
 
 
+# The decisions that the descriptors must declare (acla_basicsr/zoo/spandrel_support.py says why).
+SPANDREL_TILING = {'EDSR': 'SUPPORTED', 'ACLAEDSR': 'SUPPORTED', 'ACLARCAN': 'SUPPORTED', 'ENLCN': 'DISCOURAGED',
+                   'EARN': 'SUPPORTED'}
+
+
+def photo(height, width, channels=3):
+    """A crop of a photograph that scikit-image ships, (1, C, H, W) in [0, 1]."""
+    from skimage import data
+    crop = data.chelsea()[100:100 + height, 180:180 + width, :channels]
+    return torch.from_numpy(crop.copy()).permute(2, 0, 1).float().div(255).unsqueeze(0)
+
+
+def psnr_against(output, reference):
+    mse = (output.float() - reference).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def spandrel_model(path):
+    spandrel = pytest.importorskip('spandrel')
+    from acla_basicsr.zoo.spandrel_support import register
+    register()
+    return spandrel.ModelLoader().load_from_file(path)
+
+
+@pytest.mark.parametrize('key', ['EDSR', 'ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'ACLAEDSR_gray_x1'])
+def test_spandrel_declares_tiling_and_runs_at_every_size(tmp_path, key):
+    """The declared tiling; no size requirement, and sizes from the minimum (1x1) on run without padding."""
+    pth, net = publish(tmp_path, key)
+    model = spandrel_model(pth)
+    assert model.tiling.name == SPANDREL_TILING[TINY[key]['type']]
+    assert model.size_requirements.none and model.size_requirements.minimum == 0
+    channels, scale = TINY[key]['num_in_ch'], TINY[key]['upscale']
+    for height, width in ((1, 1), (1, 4), (3, 2), (5, 7)):
+        x = torch.rand(1, channels, height, width, generator=torch.Generator().manual_seed(height))
+        assert model.size_requirements.check(width, height)
+        with torch.no_grad():
+            assert torch.allclose(model(x), net(x).clamp(0, 1), atol=1e-6), (height, width)
+        assert model(x).shape[-2:] == (height * scale, width * scale)
+
+
+# one trained network per family (and a tiny ACLARCAN: no zoo network), at a size a CPU runs quickly in float16
+PRECISION_CASES = ['demo_EDSR_SRx2', 'demo_EDSR_DM', 'demo_ACLA_SRx2', 'demo_ENLCN_SRx2', 'demo_EARN_SRx2',
+                   'tiny ACLARCAN']
+
+
+@pytest.mark.parametrize('case', PRECISION_CASES)
+def test_spandrel_half_and_bfloat16_within_the_declared_tolerance(tmp_path, case):
+    """What spandrel users do with a declared dtype (``model.half()`` / ``model.bfloat16()``, the image in that
+    dtype): the output stays within PRECISION_PSNR dB of float32's, finite."""
+    from acla_basicsr.zoo.spandrel_support import PRECISION_PSNR
+    if case.startswith('tiny '):
+        pth = publish(tmp_path, case.split()[1])[0]
+    else:
+        (pth, ) = [v for v in ZOO_MODELS if osp.basename(v).startswith(case + '-')]
+    model = spandrel_model(pth)
+    x = photo(32, 28, model.input_channels)
+    reference = model(x)
+    for dtype in (torch.bfloat16, torch.float16):
+        assert model.supports_bfloat16 if dtype == torch.bfloat16 else model.supports_half
+        low = copy.deepcopy(model).to(dtype)  # spandrel's check of the declaration, then .to of the network
+        output = low(x.to(dtype))
+        assert output.dtype == dtype and output.shape == reference.shape and torch.isfinite(output).all()
+        assert psnr_against(output, reference) > PRECISION_PSNR, dtype
+
+
+def test_spandrel_tiling_declarations_match_tiled_outputs():
+    """Tiles with 16 pixels of context: the SUPPORTED zoo networks keep their output within 8-bit rounding
+    (EDSR's receptive field is 12 pixels: equal up to float rounding), ENLCN's (DISCOURAGED) changes beyond it."""
+    from acla_basicsr.inference.tiles import tile_forward
+    x = photo(64, 64)
+    for pth in ZOO_MODELS:
+        model = spandrel_model(pth)
+        with torch.no_grad():
+            difference = (tile_forward(model, x, 32, 16) - model(x)).abs().max().item() * 255
+        if model.architecture.id == 'EDSR':
+            assert difference < 1e-3, pth
+        elif model.tiling.name == 'SUPPORTED':
+            assert difference < 0.5, (pth, difference)
+        else:
+            assert difference > 0.5, (pth, difference)
+
+
 # ------------------------------------------------------------------------------------------ the published zoo
 
 
@@ -287,6 +441,29 @@ def test_zoo_file_hash_card_and_strict_load(pth):
     check_schema(opt, is_train=False)
     assert opt['path']['pretrain_network_g'] == f'model_zoo/{osp.basename(pth)}'
     assert opt['network_g'] == card['network_g'] and card['metrics']
+
+
+@pytest.mark.parametrize('pth', ZOO_MODELS, ids=zoo_ids())
+def test_zoo_card_has_the_hub_model_index_of_its_table(pth):
+    """Every zoo card: the Hub's model-index holds the network's metrics of each test set, the values of the
+    card's table and of its ``metrics``; the card is the rendering of itself (``--refresh-card`` changes nothing)."""
+    card = read_front_matter(pth[:-4] + '.md')
+    (index, ) = card['model-index']
+    assert index['name'] == card['model_name'] and len(index['results']) == len(card['metrics'])
+    text = open(pth[:-4] + '.md').read()
+    for result, row in zip(index['results'], card['metrics']):
+        assert result['task'] == {'type': 'image-to-image', 'name': card['task']}
+        assert result['dataset'] == {'name': row['dataset'], 'type': row['dataset']}
+        metrics = {m['type']: m for m in result['metrics']}
+        assert set(metrics) == {'psnr', 'ssim'}
+        for metric, entry in metrics.items():
+            assert entry['value'] == row[metric]
+            assert entry['args'] == {'crop_border': row[f'{metric}_crop_border'],
+                                     'test_y_channel': row[f'{metric}_y_channel']}
+            assert entry['name'] == metric.upper() + ('-Y' if row[f'{metric}_y_channel'] else ' (RGB)')
+        assert f"| {row['dataset']} | {metrics['psnr']['value']:.4f} | {metrics['ssim']['value']:.4f} |" in text
+    front, description, commands = read_card(pth[:-4] + '.md')
+    assert render_card(front, description, commands, front['metrics']) == text
 
 
 @pytest.mark.parametrize('pth', ZOO_MODELS, ids=zoo_ids())

@@ -2,8 +2,10 @@
 
 Unregistered helper of ``scripts/publish_model.py``. A card is a Hugging Face-style model card: YAML front
 matter between ``---`` lines (license, library, tags, and this project's keys: architecture and its
-arguments, scale, task, training data, iterations, options file, sha256, metrics), then Markdown: what the
-network is, the metrics table, and the commands that trained, tested and published it.
+arguments, scale, task, training data, iterations, options file, sha256, metrics; last the Hub's
+``model-index`` of the same metrics, :func:`model_index`), then Markdown: what the network is, the metrics
+table, and the commands that trained, tested and published it. :func:`read_card` takes a card apart again, so
+that a card is re-rendered from itself (``publish_model.py --refresh-card``).
 
 Test logs are those that ``acla_basicsr/test.py`` writes to ``results/<name>/test_<name>_<time>.log``:
 basicsr prints the options (``dict2str``: ``key: value``, nested sections as ``key:[`` ... ``]``), then for
@@ -132,6 +134,37 @@ def metric_rows(logs):
     return rows
 
 
+def model_index(name, task, rows):
+    """The Hub's ``model-index`` (evaluation results) of a card: the network's own metrics of each test set.
+
+    One result per test set of :func:`metric_rows` (task ``image-to-image``, named by the card's task; dataset
+    name and type: the test set's name, since the benchmark sets have no Hub id), one metric per measured
+    metric (``type``: psnr, ssim, ...; ``name`` such as ``PSNR-Y``; ``args``: basicsr's ``crop_border`` and
+    ``test_y_channel``). The baseline's figures stay in the card's ``metrics`` and table only. See
+    https://huggingface.co/docs/hub/model-cards#evaluation-results.
+
+    Args:
+        name (str): The card's ``model_name``.
+        task (str): The card's ``task`` (:func:`task_of`).
+        rows (list[dict]): :func:`metric_rows` (a card's ``metrics``).
+
+    Returns:
+        list[dict]: ``[{'name': name, 'results': [...]}]``, plain YAML types.
+    """
+    results = []
+    for row in rows:
+        metrics = []
+        for metric in (k for k in row if f'{k}_crop_border' in row):
+            y_channel = row.get(f'{metric}_y_channel')
+            args = {'crop_border': row[f'{metric}_crop_border'], 'test_y_channel': y_channel}
+            metrics.append({'type': metric, 'value': row[metric],
+                            'name': metric.upper() + {True: '-Y', False: ' (RGB)'}.get(y_channel, ''),
+                            'args': {k: v for k, v in args.items() if v is not None}})
+        results.append({'task': {'type': 'image-to-image', 'name': task},
+                        'dataset': {'name': row['dataset'], 'type': row['dataset']}, 'metrics': metrics})
+    return [{'name': name, 'results': results}]
+
+
 def _table(rows):
     if not rows:
         return '(no test log was given when this card was written)\n'
@@ -147,19 +180,27 @@ def _table(rows):
     return '\n'.join(lines) + '\n'
 
 
+_NO_TEST = '# (no test log given)'
+_TRAINED, _TESTED, _PUBLISHED = ('# trained with', '# tested with (writes the logs these metrics come from)',
+                                 '# published with')
+
+
 def render_card(front, description, commands, rows):
     """The Markdown text of a model card.
 
     Args:
-        front (dict): Front matter (plain YAML types).
+        front (dict): Front matter (plain YAML types); its ``model-index`` is (re)built from ``rows``
+            (:func:`model_index`) and put last.
         description (str): Paragraphs after the title.
         commands (dict): ``{'train': str, 'test': [str], 'publish': str}``.
         rows (list[dict]): :func:`metric_rows`.
     """
+    front = {k: v for k, v in front.items() if k != 'model-index'}
+    front['model-index'] = model_index(front['model_name'], front['task'], rows)
     header = yaml.safe_dump(front, sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
     name = front['model_name']
     files = front['files']
-    tests = '\n'.join(commands.get('test') or ['# (no test log given)'])
+    tests = '\n'.join(commands.get('test') or [_NO_TEST])
     return f"""---
 {header}---
 
@@ -176,11 +217,11 @@ JPEG input, OpenCV bilinear demosaicing), measured in the same run.
 ## Commands
 
 ```bash
-# trained with
+{_TRAINED}
 {commands['train']}
-# tested with (writes the logs these metrics come from)
+{_TESTED}
 {tests}
-# published with
+{_PUBLISHED}
 {commands['publish']}
 ```
 
@@ -201,10 +242,57 @@ or with basicsr: `network_g` of the front matter, `path.pretrain_network_g: {fil
 """
 
 
+def _front_matter(path, text):
+    if not text.startswith('---\n') or '\n---\n' not in text[4:]:
+        raise ValueError(f'{path}: no YAML front matter (--- ... ---) at the top; give a model card '
+                         '(<name>-<sha8>.md).')
+    return yaml.safe_load(text[4:text.index('\n---\n', 4)])
+
+
 def read_front_matter(path):
     """The YAML front matter of a model card, as a dict."""
     with open(path, encoding='utf-8') as f:
-        text = f.read()
-    if not text.startswith('---\n') or '\n---\n' not in text[4:]:
-        raise ValueError(f'{path}: no YAML front matter (--- ... ---) at the top.')
-    return yaml.safe_load(text[4:text.index('\n---\n', 4)])
+        return _front_matter(path, f.read())
+
+
+def _between(text, start, end):
+    """The text between the first ``start`` and the next ``end`` after it, or None."""
+    begin = text.find(start)
+    stop = text.find(end, begin + len(start)) if begin >= 0 else -1
+    return text[begin + len(start):stop] if stop >= 0 else None
+
+
+def read_card(path):
+    """The parts of a card written by :func:`render_card`: ``(front, description, commands)``.
+
+    ``render_card(front, description, commands, front['metrics'])`` gives the card back (with its
+    ``model-index`` rebuilt from its ``metrics``); a card that it would not give back (edited by hand, or of
+    another layout) is refused, so that re-rendering never drops a line.
+
+    Raises:
+        ValueError: One line naming the card: no front matter, a key missing, or a text that is not this layout.
+    """
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f'{path}: cannot be read ({error.__class__.__name__}: {error}).') from None
+    try:
+        front = _front_matter(path, text)
+    except yaml.YAMLError as error:
+        raise ValueError(f'{path}: the front matter is not YAML ({" ".join(str(error).split())}).') from None
+    missing = [k for k in ('model_name', 'task', 'files', 'param_key', 'metrics') if k not in (front or {})]
+    if missing:
+        raise ValueError(f'{path}: the front matter has no {", ".join(missing)}; not a card of publish_model.py.')
+    description = _between(text, f"\n# {front['model_name']}\n\n", '\n\n## Metrics\n')
+    block = _between(text, f'```bash\n{_TRAINED}\n', '\n```\n')
+    parts = block and re.fullmatch(f'(.*)\n{re.escape(_TESTED)}\n(.*)\n{re.escape(_PUBLISHED)}\n(.*)', block, re.S)
+    if description is not None and parts:
+        tests = parts.group(2).split('\n')
+        commands = {'train': parts.group(1), 'test': [] if tests == [_NO_TEST] else tests, 'publish': parts.group(3)}
+        front_text = text[:text.index('\n---\n', 4) + 5]
+        rendered = render_card(front, description, commands, front['metrics'])
+        if rendered[rendered.index('\n---\n', 4) + 5:] == text[len(front_text):]:
+            return front, description, commands
+    raise ValueError(f'{path}: its text is not the layout that publish_model.py writes (edited by hand?); '
+                     'publish the network again, or edit the card by hand.')

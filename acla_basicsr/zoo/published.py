@@ -5,7 +5,8 @@ As BasicSR's model zoo: a published file holds the parameters only, ``{'params':
 of the file's own sha256, so that a download can be checked against its name (as torch.hub's
 ``check_hash``). A ``.safetensors`` copy of the same tensors sits beside it (the ``network_g`` options and
 the parameter key in its string metadata), and the model card ``<name>-<sha8>.md``
-(:mod:`acla_basicsr.zoo.card`).
+(:mod:`acla_basicsr.zoo.card`). :func:`write_hub_folder` gathers them into a folder to upload to the Hugging
+Face Hub.
 
 The ``network_g`` options are also stored in the state dict's ``_metadata`` under
 :data:`~acla_basicsr.inference.detect.METADATA_KEY`: torch keeps that attribute through ``torch.save`` and
@@ -18,6 +19,7 @@ import io
 import json
 import os
 import os.path as osp
+import shutil
 
 import torch
 
@@ -56,6 +58,72 @@ def write_published(state_dict, network_g, out_dir, name, param_key='params', in
     safetensors = osp.join(out_dir, f'{name}-{sha[:8]}.safetensors')
     fileio.atomic_write(safetensors, lambda tmp: save_file(dict(params), tmp, metadata=metadata))
     return pth, safetensors, sha
+
+
+#: The front matter keys that a Hub folder's ``config.json`` repeats.
+HUB_CONFIG_KEYS = ('model_name', 'architecture', 'network_g', 'scale', 'task', 'param_key', 'files', 'sha256')
+
+
+def check_hub_card(card):
+    """The front matter of a published card and the paths of its two weights files, checked for a Hub folder.
+
+    Returns:
+        tuple[dict, list[str]]: The front matter; the ``.pth`` and ``.safetensors`` beside the card.
+
+    Raises:
+        OptionError: The card cannot be read or lacks a :data:`HUB_CONFIG_KEYS` key, a weights file it names is
+            missing, or the ``.pth`` is not the card's (another sha256).
+    """
+    import yaml
+    from acla_basicsr.zoo.card import read_front_matter
+    try:
+        front = read_front_matter(card)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as error:
+        raise OptionError(f'{card}: cannot be read as a model card ({" ".join(str(error).split())}).') from None
+    missing = [k for k in HUB_CONFIG_KEYS if k not in (front or {})]
+    if missing:
+        raise OptionError(f'{card}: the front matter has no {", ".join(missing)}; not a card of publish_model.py.')
+    weights = [osp.join(osp.dirname(osp.abspath(card)), front['files'][k]) for k in ('pth', 'safetensors')]
+    for path in weights:
+        if not osp.isfile(path):
+            raise OptionError(f'{path}: not found beside its card {card}; the Hub folder needs both weights files.')
+    if file_sha256(weights[0]) != front['sha256']:
+        raise OptionError(f"{weights[0]}: its sha256 is not the card's ({front['sha256'][:8]}...); publish again.")
+    return front, weights
+
+
+def write_hub_folder(card, folder):
+    """Write a folder to upload to the Hugging Face Hub as a model repository, from a published card.
+
+    ``folder/README.md`` is the card (its front matter is the Hub's metadata, ``model-index`` included),
+    beside the ``.pth`` and ``.safetensors`` that it names (copied from the card's folder under their
+    ``<name>-<sha8>`` names, so that every loading line of the card works there) and ``config.json``: the
+    card's :data:`HUB_CONFIG_KEYS` (``network_g``, scale, task, parameter key, files, sha256). Files already in
+    ``folder`` (a clone of the Hub repository, its ``.git``) are kept. Each file is written through a
+    temporary name and a rename, the card last, after :func:`check_hub_card`.
+
+    Args:
+        card (str): A card written by ``scripts/publish_model.py`` (``<name>-<sha8>.md``).
+        folder (str): The folder to write; created if missing.
+
+    Returns:
+        list[str]: The paths written.
+
+    Raises:
+        OptionError: See :func:`check_hub_card`.
+    """
+    front, weights = check_hub_card(card)
+    with open(card, encoding='utf-8') as f:
+        text = f.read()
+    written = []
+    for path in weights:
+        target = osp.join(folder, osp.basename(path))
+        fileio.atomic_write(target, lambda tmp, src=path: shutil.copyfile(src, tmp), size=osp.getsize(path))
+        written.append(target)
+    config = {k: front[k] for k in HUB_CONFIG_KEYS}
+    fileio.write_text(osp.join(folder, 'config.json'), json.dumps(config, indent=2) + '\n')
+    fileio.write_text(osp.join(folder, 'README.md'), text)
+    return written + [osp.join(folder, 'config.json'), osp.join(folder, 'README.md')]
 
 
 def read_state_dict(path, param_key=None):
