@@ -90,16 +90,52 @@ def run_entry(script, opt_path, *args, cwd=None, timeout=300, env=None):
     return subprocess.run(cmd, cwd=cwd or ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
-def run_torchrun_training(opt_path, out_dir, nproc=2, timeout=240):
-    """Train ``opt_path`` with torchrun (gloo, CPU); every rank saves its final weights to ``out_dir/rank{r}.pth``."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', f'--master_port={port}',
+def run_torchrun_training(opt_path, out_dir, nproc=2, timeout=240, elastic=False, args=(), env=None):
+    """Train ``opt_path`` with torchrun (gloo, CPU); every rank saves its final weights to ``out_dir/rank{r}.pth``.
+
+    The output of torchrun and its workers goes to ``out_dir/torchrun.log``, not to pipes: torchrun starts its
+    workers in sessions of their own, so a worker can outlive it, and reading a pipe to its end would wait for
+    that worker. Past ``timeout`` seconds torchrun and every process below it are killed and the test fails
+    with the log's tail.
+
+    Args:
+        elastic (bool): torchrun's elastic mode, as the README's command: c10d rendezvous on a port that the
+            system picks, ``--max-restarts=2``, and ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (a store per restart:
+            torchrun's shared store keeps the dead workers' addresses, which restarted workers read and fail or hang
+            on). Default: False (``--master_port`` on a free port).
+        args (Sequence[str]): More arguments of ``train.py``, such as ``--auto_resume``.
+        env (dict | None): More environment variables of torchrun and its workers.
+
+    Returns:
+        subprocess.CompletedProcess: ``returncode``, and the log as ``stdout`` and ``stderr``.
+    """
+    if osp.join(ROOT, 'scripts') not in sys.path:
+        sys.path.insert(0, osp.join(ROOT, 'scripts'))
+    from gpu_check import wait_or_kill
+
+    if elastic:
+        launch = ['--nnodes=1', '--rdzv-backend=c10d', '--rdzv-endpoint=127.0.0.1:0', '--max-restarts=2']
+    else:
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            launch = [f'--master_port={s.getsockname()[1]}']
+    cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}', *launch,
            osp.join(ROOT, 'tests', 'helpers', 'dist_train_worker.py'), str(out_dir), '-opt', str(opt_path),
-           '--launcher', 'pytorch']
-    env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='')
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+           '--launcher', 'pytorch', *args]
+    full_env = dict(os.environ, OMP_NUM_THREADS='1', CUDA_VISIBLE_DEVICES='', PYTHONUNBUFFERED='1', **(env or {}))
+    if elastic:
+        full_env['TORCH_DISABLE_SHARE_RDZV_TCP_STORE'] = '1'
+    log_path = osp.join(str(out_dir), 'torchrun.log')
+    with open(log_path, 'w') as log:
+        process = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=full_env,
+                                   start_new_session=True)
+        returncode = wait_or_kill(process, timeout)
+    with open(log_path, errors='replace') as f:
+        output = f.read()
+    if returncode is None:
+        pytest.fail(f'torchrun ran past {timeout} s and was killed with its workers; the end of {log_path}:\n'
+                    f'{output[-6000:]}', pytrace=False)
+    return subprocess.CompletedProcess(cmd, returncode, output, output)
 
 
 def parsed_checked_options(config):
@@ -153,16 +189,21 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture
-def experiment_name():
-    """A unique experiment name; its experiments/, results/ and tb_logger/ folders are removed after the test."""
-    name = f'pytest_{uuid.uuid4().hex[:8]}'
-    yield name
+def remove_run_folders(name):
+    """Remove the experiments/, results/ and tb_logger/ folders of the run ``name`` (and its archived ones)."""
     for folder in ('experiments', 'results', 'tb_logger'):
         shutil.rmtree(osp.join(ROOT, folder, name), ignore_errors=True)
         for archived in (os.listdir(osp.join(ROOT, folder)) if osp.isdir(osp.join(ROOT, folder)) else []):
             if archived.startswith(name):
                 shutil.rmtree(osp.join(ROOT, folder, archived), ignore_errors=True)
+
+
+@pytest.fixture
+def experiment_name():
+    """A unique experiment name; its experiments/, results/ and tb_logger/ folders are removed after the test."""
+    name = f'pytest_{uuid.uuid4().hex[:8]}'
+    yield name
+    remove_run_folders(name)
 
 
 @pytest.fixture
