@@ -31,6 +31,7 @@ import contextlib
 import datetime
 import os
 import sys
+import warnings
 from collections import Counter, defaultdict
 
 from acla_basicsr import fileio
@@ -52,6 +53,28 @@ def default_backend():
     """Return the distributed backend that fits this machine: nccl with GPUs, gloo without."""
     import torch
     return 'nccl' if torch.cuda.is_available() else 'gloo'
+
+
+def shared_store_warning(environ=None):
+    """The warning for an elastic torchrun run that restarts its workers with one shared store, else None.
+
+    torchrun's elastic agent keeps one key-value store for every restart unless
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``; the dead workers' gloo addresses stay in it and a restarted worker
+    may connect to a dead port: a restart used up, or a hang (pytorch/pytorch#135712; docs/reliability.md).
+
+    Args:
+        environ (Mapping | None): The environment; default ``os.environ``.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        restarts = int(environ.get('TORCHELASTIC_MAX_RESTARTS', 0))
+    except ValueError:
+        restarts = 0
+    if restarts > 0 and environ.get('TORCH_DISABLE_SHARE_RDZV_TCP_STORE') != '1' and environ.get('RANK') == '0':
+        return (f'torchrun --max-restarts={restarts} shares one rendezvous store between restarts, where the dead '
+                "workers' addresses stay: a restarted run may fail or hang (pytorch/pytorch#135712); start torchrun "
+                'with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (README, distributed training).')
+    return None
 
 
 def init_dist(launcher, backend=None, **kwargs):
@@ -86,6 +109,8 @@ def init_dist(launcher, backend=None, **kwargs):
                           LOCAL_RANK=str(proc_id % num_gpus))
     elif launcher != 'pytorch':  # torchrun's --master_addr/--master_port set the rendezvous; port is slurm's
         raise ValueError(f"Invalid launcher '{launcher}': use --launcher pytorch (torchrun) or slurm.")
+    elif shared_store_warning() is not None:
+        warnings.warn(shared_store_warning(), RuntimeWarning, stacklevel=2)
     group_kwargs = {}
     if params.get('timeout') is not None:  # seconds
         group_kwargs['timeout'] = datetime.timedelta(seconds=float(params['timeout']))

@@ -90,3 +90,13 @@ def test_a_killed_worker_restarts_resumes_and_ends_as_an_uninterrupted_run(tmp_p
 def test_local_rank_spellings_are_accepted():
     assert normalise_argv(['-opt', 'x.yml', '--local-rank=1']) == ['-opt', 'x.yml', '--local_rank=1']
     assert normalise_argv(['--local-rank', '0', '--local_rank', '2']) == ['--local_rank', '0', '--local_rank', '2']
+
+
+def test_elastic_runs_without_a_store_per_restart_are_warned():
+    from acla_basicsr.compat import shared_store_warning
+    elastic = {'TORCHELASTIC_MAX_RESTARTS': '2', 'RANK': '0'}
+    assert 'TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1' in shared_store_warning(elastic)
+    assert shared_store_warning({**elastic, 'TORCH_DISABLE_SHARE_RDZV_TCP_STORE': '1'}) is None
+    assert shared_store_warning({**elastic, 'TORCHELASTIC_MAX_RESTARTS': '0'}) is None  # no restarts
+    assert shared_store_warning({**elastic, 'RANK': '1'}) is None  # said once, by rank 0
+    assert shared_store_warning({}) is None
