@@ -16,7 +16,8 @@ pytest.importorskip('onnxscript')  # the dynamo exporter's translation
 # float32 networks with random weights everywhere; measured differences are below 1e-6
 TOLERANCE = 1e-4
 FAMILIES = ['EDSR', 'ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'ACLAEDSR_gray_x1']
-# exports of over ~10 s on a loaded 2-core CPU (torch.export and its decompositions trace every op)
+# torch.export and its decompositions trace every op: EARN's export takes 15 s (idle CPU, 2-3 times that on a loaded
+# one); CLA in RCAN and the 1-channel ACLA (8 s each) take ACLAEDSR's export paths again
 SLOW = {'ACLARCAN', 'EARN', 'ACLAEDSR_gray_x1'}
 
 
