@@ -9,8 +9,8 @@ with onnx's version converter, which has no adapter for the ``Pad`` of EARN and 
 is traced at batch 2 (``torch.export`` takes a dimension of size 1 for a constant) with the batch, height and
 width symbolic: the graph's input is ``(batch, C, height, width)``, its output e.g. ``(batch, C, 2*height,
 2*width)``. Every family exports with it (``tests/test_onnx.py``). Should a network fail to, :func:`export_onnx`
-warns in one line why and falls back to the deprecated TorchScript exporter (``dynamo=False``, ``dynamic_axes``),
-which the next torch removes.
+warns in one line why and falls back to torch's legacy TorchScript exporter (``dynamo=False``, ``dynamic_axes``,
+opset at most 20), deprecated since torch 2.9 made the dynamo one the default.
 
 Export paths (each computes the function of the training path; ``tests/test_onnx.py`` checks them equal):
 
@@ -109,8 +109,8 @@ def export_onnx(net, path, size=(64, 64), opset=DEFAULT_OPSET):
 
 
 def _export_torchscript(net, dummy, path, opset):
-    """The fallback of :func:`export_onnx`: torch's TorchScript exporter (``dynamo=False``, deprecated since
-    torch 2.9), with ``dynamic_axes``."""
+    """The fallback of :func:`export_onnx`: torch's legacy TorchScript exporter (``dynamo=False``, a
+    DeprecationWarning since torch 2.9), with ``dynamic_axes``."""
     with warnings.catch_warnings():
         # the tracer warns about every Python number taken from a shape; check_onnx at another size is what tells
         warnings.simplefilter('ignore', torch.jit.TracerWarning)
