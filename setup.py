@@ -40,9 +40,11 @@ setup(
         'matplotlib>=3.7',  # the search's gate heat map (Agg backend)
     ],
     extras_require={
-        # model zoo: .safetensors copies, ONNX export and check, spandrel loading (docs/model_zoo.md)
-        'zoo': ['safetensors>=0.4', 'onnx>=1.15', 'onnxruntime>=1.17', 'spandrel>=0.4'],
-        'test': ['pytest>=7', 'safetensors>=0.4', 'onnx>=1.15', 'onnxruntime>=1.17', 'spandrel>=0.4'],
+        # model zoo: .safetensors copies, ONNX export and check, spandrel loading (docs/model_zoo.md); onnxscript is
+        # torch's dynamo exporter's translation (0.7.2: the first whose optimizer folds EARN's graph, measured)
+        'zoo': ['safetensors>=0.4', 'onnx>=1.15', 'onnxscript>=0.7.2', 'onnxruntime>=1.17', 'spandrel>=0.4'],
+        'test': ['pytest>=7', 'safetensors>=0.4', 'onnx>=1.15', 'onnxscript>=0.7.2', 'onnxruntime>=1.17',
+                 'spandrel>=0.4'],
     },
     entry_points={
         'console_scripts': [

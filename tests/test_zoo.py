@@ -1,6 +1,6 @@
 """The model zoo: publishing (hash-named weights, safetensors, model cards), loading by path or URL with the
-hash checked, ONNX export of every family, spandrel detection of every family, and the published demo networks
-(their files, cards, and a card's PSNR reproduced through test.py)."""
+hash checked, spandrel detection of every family, and the published demo networks (their files, cards, and a
+card's PSNR reproduced through test.py). The ONNX export of every family: tests/test_onnx.py."""
 import copy
 import glob
 import hashlib
@@ -19,7 +19,6 @@ from acla_basicsr.errors import OptionError
 from acla_basicsr.inference.detect import network_options
 from acla_basicsr.inference import build_network, load_network
 from acla_basicsr.zoo.card import parse_test_log, read_card, read_front_matter, render_card
-from acla_basicsr.zoo.onnx_export import check_onnx, export_mode, export_onnx
 from acla_basicsr.config.schema import check_schema
 from acla_basicsr.zoo.published import check_hash_suffix, file_sha256, load_zoo_model, read_state_dict, zoo_parts
 from conftest import ROOT, SHARED_DATASETS, run_entry
@@ -271,33 +270,6 @@ def test_load_zoo_model_by_file_url_checks_the_hash(tmp_path):
     safe = load_zoo_model(pth[:-4] + '.safetensors')
     with torch.no_grad():
         assert torch.equal(safe(x), net(x))
-
-
-# ------------------------------------------------------------------------------------------ ONNX
-
-
-@pytest.mark.parametrize('key', ['EDSR', 'ACLAEDSR', 'ACLARCAN', 'ENLCN', 'EARN', 'ACLAEDSR_gray_x1'])
-def test_onnx_round_trip_at_another_size(tmp_path, key):
-    pytest.importorskip('onnxruntime')
-    net = tiny_net(key)
-    channels = TINY[key]['num_in_ch']
-    x = torch.rand(1, channels, 19, 23)
-    with torch.no_grad():  # the export paths compute the same function
-        expected = net(x)
-        with export_mode(net):
-            assert (net(x) - expected).abs().max() < 1e-5
-    assert net(x).shape == expected.shape  # and the default paths are back
-    export_onnx(net, str(tmp_path / 'net.onnx'), size=(16, 20))
-    assert check_onnx(net, str(tmp_path / 'net.onnx'), size=(29, 17)) < 1e-4
-
-
-def test_export_onnx_script(tmp_path):
-    pytest.importorskip('onnxruntime')
-    ckpt, opt, _ = training_checkpoint(tmp_path, 'ACLAEDSR')
-    script = load_script('export_onnx')
-    with pytest.raises(SystemExit) as exit_info:
-        script.main(['-opt', opt, '--model', ckpt, '--out', str(tmp_path / 'a.onnx'), '--size', '24', '24'])
-    assert exit_info.value.code == 0 and osp.getsize(tmp_path / 'a.onnx') > 0
 
 
 # ------------------------------------------------------------------------------------------ spandrel

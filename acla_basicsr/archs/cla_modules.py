@@ -57,6 +57,8 @@ Design decisions (see SPEC section 3 and docs/cla_acla.md):
   :meth:`AdaptiveCrossLayerAttention.expected_macs` as a differentiable expectation for the MAC penalty of
   training and search.
 """
+import math
+
 import torch
 from torch import nn as nn
 from torch.nn import functional as F
@@ -83,6 +85,10 @@ _BYTES_PER_ATTENTION = 12
 
 
 def _chunk_size(max_memory_mb, bytes_per_unit):
+    """Units per chunk within the budget, at least 1; an infinite budget (the ONNX export) has no size arithmetic,
+    which a symbolic trace could not turn into an int: one chunk, ``math.inf``."""
+    if max_memory_mb == math.inf:
+        return math.inf
     return max(1, int(max_memory_mb * 2**20 // bytes_per_unit))
 
 
@@ -420,6 +426,8 @@ def sampling_chunks(shape, num_keys, max_memory_mb=DEFAULT_MAX_MEMORY_MB, method
         tuple[int, int]: (key layers per step, keys per step).
     """
     b, num_layers, c, h, w = shape
+    if max_memory_mb == math.inf:  # no size arithmetic: a symbolic trace (the ONNX export) cannot floor it
+        return num_layers, num_keys
     budget = max_memory_mb * 2**20
     if method in _TABLE_SAMPLERS:
         pad = 2 * _PAD if method == 'fused' else 0  # the fused sampler's table has a zero border

@@ -1,3 +1,5 @@
+import math
+
 import torch
 from torch import nn as nn
 
@@ -111,7 +113,9 @@ class EARN(nn.Module):
         if self.use_skip_connections:
             res += x
         del x
-        x = self.conv_last(self.upsample(res)) if torch.is_grad_enabled() else self.tail_in_bands(res)
+        # one band with grad, and with TAIL_BAND_ELEMENTS inf (the ONNX export: no loop over a symbolic size)
+        one_band = torch.is_grad_enabled() or self.TAIL_BAND_ELEMENTS == math.inf
+        x = self.conv_last(self.upsample(res)) if one_band else self.tail_in_bands(res)
         return x / self.img_range + self.mean
 
     def tail_in_bands(self, res):

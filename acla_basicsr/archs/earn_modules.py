@@ -13,6 +13,8 @@ Senturk and Cakici, "Efficient Multi-Attention Residual Network for Image Super 
 The paper leaves several sizes open; the choices made here are stated in each docstring
 (SE reduction 16 as in RCAN, attention window 7 and 4 heads as in SASA, std with an epsilon).
 """
+import math
+
 import torch
 from torch import nn as nn
 from torch.nn import functional as F
@@ -180,40 +182,52 @@ class LocalSelfAttention(nn.Module):
     def forward(self, x):
         n, c, h, w = x.shape
         k, heads = self.window_size, self.num_heads
-        d, pad = c // heads, k // 2
-        rel = self.relative_embeddings().view(heads, d, k * k)
+        rel = self.relative_embeddings().view(heads, c // heads, k * k)
         # neighbour (a, b) of pixel (i, j) inside the image: (k*k, H, W)
         inside = window_mask(x, k)
-        out = x.new_empty(n, heads, d, h, w)
-        # without grad, bands of rows, so that the logits of a band stay below BAND_ELEMENTS numbers; the 1x1
-        # projections are computed per band too (keys and values with the band's k//2 rows above and below),
-        # so that no full-size query, key or value map exists. With grad autograd keeps every band: one band.
-        rows = max(1, self.BAND_ELEMENTS // (n * heads * k * k * w)) if not torch.is_grad_enabled() else h
+        # without grad, bands of rows, so that the logits of a band stay below BAND_ELEMENTS numbers. With grad
+        # autograd keeps every band: one band; and one with BAND_ELEMENTS inf (the ONNX export, whose graph must not
+        # fix the number of bands of the traced size), without a loop over a symbolic size
+        if torch.is_grad_enabled() or self.BAND_ELEMENTS == math.inf:
+            return self._band(x, 0, h, rel, inside).view(n, c, h, w)
+        rows = max(1, self.BAND_ELEMENTS // (n * heads * k * k * w))
+        out = x.new_empty(n, heads, c // heads, h, w)
         for top in range(0, h, rows):
             bottom = min(h, top + rows)
-            q = self.query(x[:, :, top:bottom])
-            if self.scale != 1:
-                q = q * self.scale
-            q = q.view(n, heads, d, bottom - top, w)
-            # the projections have no bias, so projecting zero padding gives zeros: pad after projecting
-            halo = x[:, :, max(0, top - pad):min(h, bottom + pad)]
-            padding = (pad, pad, pad - (top - max(0, top - pad)), pad - (min(h, bottom + pad) - bottom))
-            keys = F.pad(self.key(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
-            values = F.pad(self.value(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
-            # q^T r_ab for every offset at once, then q^T k_ab added offset by offset: (N, heads, k*k, rows, W)
-            logits = torch.einsum('nhdij,hdo->nhoij', q, rel)
-            for o in range(k * k):
-                a, b = divmod(o, k)
-                logits[:, :, o] += (q * keys[:, :, :, a:a + bottom - top, b:b + w]).sum(2)
-            logits = logits.masked_fill_(~inside[:, top:bottom], float('-inf'))
-            attn = torch.softmax(logits, dim=2)
-            del logits, keys
-            band = torch.zeros_like(q)
-            for o in range(k * k):
-                a, b = divmod(o, k)
-                band = band.addcmul_(attn[:, :, o:o + 1], values[:, :, :, a:a + bottom - top, b:b + w])
-            out[:, :, :, top:bottom] = band
+            out[:, :, :, top:bottom] = self._band(x, top, bottom, rel, inside)
         return out.view(n, c, h, w)
+
+    def _band(self, x, top, bottom, rel, inside):
+        """The attention of rows ``top:bottom`` of ``x``, (N, heads, d, bottom - top, W).
+
+        The 1x1 projections are computed for the band alone (keys and values with its k//2 rows above and below),
+        so that no full-size query, key or value map exists.
+        """
+        n, c, h, w = x.shape
+        k, heads = self.window_size, self.num_heads
+        d, pad = c // heads, k // 2
+        q = self.query(x[:, :, top:bottom])
+        if self.scale != 1:
+            q = q * self.scale
+        q = q.view(n, heads, d, bottom - top, w)
+        # the projections have no bias, so projecting zero padding gives zeros: pad after projecting
+        halo = x[:, :, max(0, top - pad):min(h, bottom + pad)]
+        padding = (pad, pad, pad - (top - max(0, top - pad)), pad - (min(h, bottom + pad) - bottom))
+        keys = F.pad(self.key(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
+        values = F.pad(self.value(halo), padding).view(n, heads, d, bottom - top + 2 * pad, w + 2 * pad)
+        # q^T r_ab for every offset at once, then q^T k_ab added offset by offset: (N, heads, k*k, rows, W)
+        logits = torch.einsum('nhdij,hdo->nhoij', q, rel)
+        for o in range(k * k):
+            a, b = divmod(o, k)
+            logits[:, :, o] += (q * keys[:, :, :, a:a + bottom - top, b:b + w]).sum(2)
+        logits = logits.masked_fill_(~inside[:, top:bottom], float('-inf'))
+        attn = torch.softmax(logits, dim=2)
+        del logits, keys
+        band = torch.zeros_like(q)
+        for o in range(k * k):
+            a, b = divmod(o, k)
+            band = band.addcmul_(attn[:, :, o:o + 1], values[:, :, :, a:a + bottom - top, b:b + w])
+        return band
 
 
 class MaskBranch(nn.Module):
