@@ -175,6 +175,7 @@ def test_restore_cli_refuses_a_budget_it_cannot_keep_before_writing(image_folder
     assert not (tmp_path / 'never').exists()
 
 
+@pytest.mark.slow  # a fresh process
 @pytest.mark.skipif(not __import__('sys').platform.startswith('linux'), reason='glibc only')
 def test_return_freed_memory_gives_large_blocks_back_at_once():
     """After ``return_freed_memory`` a freed 16 MiB tensor leaves the resident set (glibc would keep the second one:
