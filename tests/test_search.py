@@ -161,15 +161,30 @@ def test_straight_through_closed_candidate_gets_the_relaxed_gradient_as_a_key_la
     assert net.arch_logits.grad[0].abs() > 0
 
 
-def test_readout_selects_the_expected_number_of_most_probable_candidates():
+def test_readout_selects_the_most_probable_selection_of_at_least_the_expected_count():
     probs = [0.30, 0.25, 0.38, 0.20, 0.33, 0.29]  # no P above 0.5, sum 1.75: two positions
-    assert readout_selection(probs) == [2, 4]
+    assert readout_selection(probs) == readout_selection(probs, 'expected_count') == [2, 4]
     assert readout_selection(probs, 'threshold') == []
+    leaning = [0.849, 0.742, 0.757, 0.758]  # every gate leans open, sum 3.11: the mode (all 4), not 3
+    assert readout_selection(leaning) == readout_selection(leaning, 'threshold') == [0, 1, 2, 3]
+    assert readout_selection(leaning, 'expected_count') == [0, 2, 3]
+    mixed = [0.612, 0.676, 0.2, 0.3, 0.45, 0.45]  # two above 0.5, sum 2.69: topped up to three
+    assert readout_selection(mixed) == [0, 1, 4]
+
+    def probability(selection, p):
+        return math.prod(q if i in selection else 1 - q for i, q in enumerate(p))
+
+    for p in (probs, leaning, mixed):  # the most probable of every selection of at least round(sum P) positions
+        count = int(math.floor(sum(p) + 0.5))
+        best = max((c for n in range(count, len(p) + 1) for c in itertools.combinations(range(len(p)), n)),
+                   key=lambda c: probability(c, p))
+        assert readout_selection(p) == list(best)
     assert readout_selection([0.9, 0.97, 0.95, 0.96]) == [0, 1, 2, 3]
     assert readout_selection([0.05, 0.04, 0.06, 0.03]) == []  # sum 0.18
     assert readout_selection([0.5] * 4) == [0, 1]  # ties: the earlier candidates
     assert readout_selection([0.185, 0.973, 0.065, 0.987]) == [1, 3]
-    with pytest.raises(ValueError, match=r"^readout: 'mode' is unknown; use one of expected_count, threshold\.$"):
+    with pytest.raises(ValueError, match=r"^readout: 'mode' is unknown; use one of most_probable, expected_count, "
+                       r"threshold\.$"):
         readout_selection(probs, 'mode')
     net = ACLASuperEDSR(num_feat=8, num_block=3, num_keys=4).eval()
     with torch.no_grad():
@@ -183,7 +198,7 @@ def test_alternate_architecture_step_differentiates_the_logits_alone(tmp_path, d
     torch.manual_seed(0)
     model = build_model(opt)
     net = model.get_bare_model(model.net_g)
-    assert net.position_straight_through and net.readout == 'expected_count'  # the defaults of train.search
+    assert net.position_straight_through and net.readout == 'most_probable'  # the defaults of train.search
     weights_before = {k: v.detach().clone() for k, v in net.named_parameters() if k != 'arch_logits'}
     logits_before = net.arch_logits.detach().clone()
     batch = next(toy_batches(data, 1))
@@ -275,7 +290,7 @@ def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path
     model.record_search(iters)
     result = exported(tmp_path)
     probs = list(result['probabilities'].values())
-    assert result['readout'] == 'expected_count' and result['sum_probabilities'] == pytest.approx(sum(probs), abs=1e-3)
+    assert result['readout'] == 'most_probable' and result['sum_probabilities'] == pytest.approx(sum(probs), abs=1e-3)
     if lam == 0:
         assert result['positions'] == [1, 2, 3]
         assert min(probs) > 0.8  # rose from sigmoid(1.0) = 0.73: the search found them useful
@@ -346,7 +361,8 @@ def test_bad_search_options_fail_with_one_clear_line(tmp_path):
         build_model(opt)
     with pytest.raises(OptionError, match=r"^train\.search: unknown option 'tempreature_end'; did you mean 'temperature_end'\?"):
         build_model(search_options(tmp_path, 0, 4, tempreature_end=0.1))
-    with pytest.raises(OptionError, match=r"^train\.search\.readout: expected 'expected_count' or 'threshold', got 'top'"):
+    with pytest.raises(OptionError, match=r"^train\.search\.readout: expected 'most_probable', 'expected_count' or "
+                       r"'threshold', got 'top'"):
         build_model(search_options(tmp_path, 0, 4, readout='top'))
     with pytest.raises(OptionError, match=r'^train\.search\.ramp_iter: -1 is out of range; give an integer >= 0\.$'):
         build_model(search_options(tmp_path, 0, 4, ramp_iter=-1))

@@ -29,8 +29,8 @@ class ACLASuperRCAN(PositionSearchMixin, ACLARCAN):
         temperature (float): Temperature of ACLA's relaxed per-key gates. Default: 1.0.
         straight_through (bool): Hard per-key ACLA gates in the training forward pass (relaxed gradient);
             false: relaxed gates. Default: True.
-        position_logit_init (float): Initial architecture logit of every candidate. Default: 2.0
-            (P(open) = 0.88: the search starts from the full supernet, docs/search.md).
+        position_logit_init (float): Initial architecture logit of every candidate. Default: 0.85
+            (P(open) = 0.70, docs/search.md).
         max_memory_mb (float): Memory budget of the key sampling in MiB (see CrossLayerAttention). Default: 1024.
     """
 

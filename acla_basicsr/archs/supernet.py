@@ -37,13 +37,14 @@ from torch import nn as nn
 
 from .cla_network import check_insert_positions
 
-# Initial architecture logit: sigmoid(2) = 0.88, every candidate starts open and is trained as query and key in
-# most steps of the weights' warm-up; the MAC term has to earn every closure (a start at P = 0.5 closed every
-# position of the demo at lambda 0.15: docs/search.md).
-POSITION_LOGIT_INIT = 2.0
+# Initial architecture logit: sigmoid(0.85) = 0.70, every candidate is on in 70 % of the samples of the weights'
+# warm-up. Measured (docs/search.md): from 0.88 straight-through gates co-adapt the network to the modules that
+# are nearly always on and EDSR-16 DN kept 10 of 16 at lambda 0.2; from 0.5 the demo's modules are trained too
+# little to rise at lambda 0 within its 600 iterations.
+POSITION_LOGIT_INIT = 0.85
 # How the final positions are read from the gate probabilities (readout_selection).
-READOUTS = ('expected_count', 'threshold')
-DEFAULT_READOUT = 'expected_count'
+READOUTS = ('most_probable', 'expected_count', 'threshold')
+DEFAULT_READOUT = 'most_probable'
 
 
 def check_candidates(candidates, num_positions, unit):
@@ -66,24 +67,33 @@ def check_candidates(candidates, num_positions, unit):
 def readout_selection(probs, readout=DEFAULT_READOUT):
     """Indices of the candidates a search selects from their gate probabilities, in increasing order.
 
-    ``'expected_count'``: the ``n = round(sum_p P_p)`` most probable candidates (ties: the earlier one), i.e. the
-    most probable selection among those of the expected size ``E[number open] = sum_p P_p`` under independent
-    Bernoulli(P_p) gates (with ``n`` fixed, ``prod P_p^z_p (1 - P_p)^(1 - z_p)`` is largest for the n largest
-    P_p). Near the symmetric point where every P is below 0.5 but their sum is a handful, this still selects that
-    handful (docs/search.md). ``'threshold'``: every candidate with P > 0.5 (the mode of each gate alone).
+    Under independent Bernoulli(P_p) gates the probability of a selection is ``prod P_p^z_p (1 - P_p)^(1 - z_p)``.
+    For a fixed size n it is largest on the n largest P (ties: the earlier candidate), and over all sizes on the
+    candidates with P > 0.5 (the mode); the largest probability of size n grows with n up to the mode's size and
+    falls after it.
+
+    - ``'most_probable'`` (default): the most probable selection of at least ``round(sum_p P_p)`` candidates, the
+      expected number open: the mode, topped up with the next most probable candidates when it is smaller, i.e.
+      the ``max(#{P > 0.5}, round(sum P))`` largest P. Near the symmetric point where every P is below 0.5 but
+      their sum is a handful it selects that handful; when the gates lean open without being decided (every P
+      0.75: expected count 3 of 4) it keeps the mode (docs/search.md).
+    - ``'expected_count'``: the ``round(sum_p P_p)`` largest P, the most probable selection of the expected size.
+    - ``'threshold'``: the mode, every candidate with P > 0.5.
 
     Args:
         probs (list[float]): P(open) of each candidate.
-        readout (str): 'expected_count' or 'threshold'. Default: 'expected_count'.
+        readout (str): One of :data:`READOUTS`. Default: 'most_probable'.
 
     Returns:
         list[int]: Indices into ``probs``.
     """
     if readout == 'threshold':
         return [i for i, p in enumerate(probs) if p > 0.5]
-    if readout != 'expected_count':
+    if readout not in READOUTS:
         raise ValueError(f"readout: '{readout}' is unknown; use one of {', '.join(READOUTS)}.")
     count = int(math.floor(sum(probs) + 0.5))
+    if readout == 'most_probable':
+        count = max(count, sum(p > 0.5 for p in probs))
     return sorted(sorted(range(len(probs)), key=lambda i: (-probs[i], i))[:count])
 
 

@@ -38,9 +38,10 @@ class ACLASearchModel(RestorationModel):
     - ``straight_through``: hard gates in the forward pass, relaxed gradient (a closed candidate still gets
       the relaxed gradient of its roles as query and as key layer). Default: true (relaxed gates train partial
       modules and selected one position of 16 on EDSR-16 DN at lambda 0.2: docs/search.md).
-    - ``readout``: how the final positions are read from the gate probabilities: ``expected_count`` (default,
-      the round(sum P) most probable candidates) or ``threshold`` (P > 0.5); evaluation computes the same
-      selection (:func:`~acla_basicsr.archs.supernet.readout_selection`).
+    - ``readout``: how the final positions are read from the gate probabilities: ``most_probable`` (default, the
+      most probable selection of at least round(sum P) candidates: those with P > 0.5, topped up to round(sum P)),
+      ``expected_count`` (the round(sum P) most probable candidates) or ``threshold`` (P > 0.5); evaluation
+      computes the same selection (:func:`~acla_basicsr.archs.supernet.readout_selection`).
     - ``ramp_iter``: iterations over which lambda rises from 0 (default: ``arch_start_iter``), so that the key
       gates see the reconstruction gradient of the zero-initialised modules before their MAC term.
     - ``mode``: ``joint`` (default; one-shot: weights and logits stepped on the same batch) or ``alternate``

@@ -152,8 +152,8 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
     }
     write_yaml(positions_path, summary,
                '# Insert positions found by the ACLA position search (ACLASearchModel): positions = the readout of\n'
-               '# the gate probabilities sigmoid(logit) (expected_count: the round(sum P) most probable candidates;\n'
-               '# threshold: those above 0.5).\n')
+               '# the gate probabilities sigmoid(logit) (most_probable: those above 0.5, or the round(sum P) most\n'
+               '# probable candidates when more; expected_count: the round(sum P) most probable; threshold: above 0.5).\n')
     write_yaml(config_path, config,
                f"# Final network of the position search {search_opt.get('name')} at iteration {iteration}: "
                f"{network_opt['type']} with ACLA after {positions or 'no position'}.\n"

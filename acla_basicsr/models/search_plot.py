@@ -67,7 +67,7 @@ def draw_heatmap(iterations, positions, probs, title='gate probability P(open)',
         probs (ndarray): (iterations, positions) probabilities in [0, 1].
         title (str): The title. Default: 'gate probability P(open)'.
         readout (str): How a selection is read from a column (:func:`readout_selection`), marked by dots.
-            Default: 'expected_count'.
+            Default: 'most_probable'.
 
     Returns:
         ndarray: (H, W, 3) RGB uint8.
