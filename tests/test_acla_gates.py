@@ -17,6 +17,7 @@ from acla_basicsr.archs.acla_edsr_arch import ACLAEDSR
 from acla_basicsr.archs.acla_rcan_arch import ACLARCAN
 from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
 from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
+from acla_basicsr.archs.supernet import readout_selection
 from acla_basicsr.archs.cla_modules import KEY_STATS_DECAY, AdaptiveCrossLayerAttention
 from acla_basicsr.archs.macs import counted_macs
 from acla_basicsr.models.search_export import CONFIG_FILE
@@ -306,7 +307,10 @@ def test_search_closes_useless_candidates_first(tmp_path, data):
     (their value maps in later candidates fixed at zero, so their keys only take softmax weight from the others):
     the MAC term closes them, while the useful ones stay open (lambda 0 keeps all four open on this toy problem; a
     tiny 8-channel backbone, where attention costs 40 % of its MACs). With straight-through position gates (the
-    default) a candidate useless only as a query stays open for its features as a key layer."""
+    default) a candidate useless only as a query stays open for its features as a key layer. After 160 iterations
+    the useless gates are still above 0.5 (measured: P 0.53 and 0.53 against 0.87 and 0.56): the expected-count
+    readout drops them, the default readout (the most probable selection of at least round(sum P)) keeps the mode,
+    every candidate."""
     opt = search_options(tmp_path, 0.02, 160, arch_start_iter=40)
     opt['network_g'] = dict(opt['network_g'], num_block=4)
     opt['train']['optim_arch']['lr'] = 0.05
@@ -324,7 +328,8 @@ def test_search_closes_useless_candidates_first(tmp_path, data):
     probs = net.gate_probabilities()
     useful = [i for i in range(4) if i not in useless]
     assert probs[useless].max() < probs[useful].min(), probs  # closed first
-    assert net.selected_positions() == [2, 4], probs  # and the readout keeps the useful ones
+    assert readout_selection(probs.tolist(), 'expected_count') == useful, probs  # round(sum P) = 2: the useful ones
+    assert set(useful) <= set(readout_selection(probs.tolist())), probs  # the default keeps them too
 
 
 # ---------------------------------------------------------------------- effective MACs of a checkpoint

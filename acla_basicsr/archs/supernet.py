@@ -11,8 +11,8 @@ The ACLA paper reports only the outcome of its insert-position search (Table 9);
   ``tau`` is :attr:`position_temperature`, annealed by the search model. With
   :attr:`position_straight_through` the forward pass uses the hard sample ``[z_p > 0.5]`` and the backward
   pass the relaxed gradient.
-- Evaluation: deterministic hard gates of the selected positions (:func:`readout_selection`: the round(sum P)
-  most probable candidates by default, or those with P > 0.5); closed candidates are skipped and their
+- Evaluation: deterministic hard gates of the selected positions (:func:`readout_selection`: by default the
+  most probable selection of at least round(sum P) candidates); closed candidates are skipped and their
   key layers removed from the softmax, so the supernet in eval mode computes exactly what the final
   network with the open positions computes with :meth:`PositionSearchMixin.final_state_dict` (tested).
 - Candidate p's query is the feature after its block; its key layers are the head feature (weight 1) and
