@@ -101,7 +101,7 @@ def output_paths(inputs, folder, suffix, ext='png'):
 def check_budget(net, inputs, args):
     """Measure the network's memory per pixel and check that every input fits ``--max-memory`` with the smallest
     tile (raise :class:`OptionError` otherwise); fills in the default budget."""
-    from acla_basicsr.inference.images import image_size
+    from acla_basicsr.data.checks import image_size
     from acla_basicsr.inference.memory import choose_tile, default_budget, measure_memory, return_freed_memory
     if next(net.parameters()).device.type == 'cpu':
         return_freed_memory()  # so that the budget bounds the resident set (see its docstring)

@@ -24,15 +24,23 @@ def _read_meta_info(lmdb_path, where):
     return dict(read_meta_info(lmdb_path))
 
 
+def image_size(path):
+    """(width, height) of an image file from its header (read with Pillow, no decoding, before any EXIF
+    rotation); None when Pillow cannot read it."""
+    try:
+        from PIL import Image
+        with Image.open(path) as img:
+            return img.size
+    except Exception:  # noqa: B902  (not an image Pillow knows, no Pillow, a damaged header)
+        return None
+
+
 def _image_size(path, where):
     """(height, width) of an image file from its header (no decoding), or OptionError naming the file."""
-    from PIL import Image
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except Exception:
-        raise OptionError(f'{where}: cannot read {path}; replace or remove the file.') from None
-    return height, width
+    size = image_size(path)
+    if size is None:
+        raise OptionError(f'{where}: cannot read {path}; replace or remove the file.')
+    return size[1], size[0]
 
 
 def _check_paired(dataset_opt, where, scale, num_decoded=8):

@@ -138,17 +138,6 @@ def exif_orientation(data):
     return value if value in _ORIENT else 1
 
 
-def image_size(path):
-    """(width, height) of an image file from its header (read with Pillow), before any EXIF rotation; None when
-    Pillow cannot read it."""
-    try:
-        from PIL import Image
-        with Image.open(path) as img:
-            return img.size
-    except Exception:  # noqa: B902  (not an image Pillow knows, no Pillow, a damaged header)
-        return None
-
-
 def read_image(path):
     """Read ``path`` as it is shown: an RGB, RGBA or gray uint8/uint16 array; None if it is not a readable image.
 
