@@ -309,8 +309,8 @@ def test_search_closes_useless_candidates_first(tmp_path, data):
     tiny 8-channel backbone, where attention costs 40 % of its MACs). With straight-through position gates (the
     default) a candidate useless only as a query stays open for its features as a key layer. After 160 iterations
     the useless gates are still above 0.5 (measured: P 0.53 and 0.53 against 0.87 and 0.56): the expected-count
-    readout drops them, the default readout (the most probable selection of at least round(sum P)) keeps the mode,
-    every candidate."""
+    readout drops them, the default readout (the most probable selection of at least the most probable count) keeps
+    the mode, every candidate."""
     opt = search_options(tmp_path, 0.02, 160, arch_start_iter=40)
     opt['network_g'] = dict(opt['network_g'], num_block=4)
     opt['train']['optim_arch']['lr'] = 0.05

@@ -19,7 +19,7 @@ from acla_basicsr.archs.acla_super_edsr_arch import ACLASuperEDSR
 from acla_basicsr.archs.acla_super_rcan_arch import ACLASuperRCAN
 from acla_basicsr.archs.macs import counted_macs
 from acla_basicsr.archs.cla_modules import CrossLayerAttention
-from acla_basicsr.archs.supernet import PositionSelection, readout_selection
+from acla_basicsr.archs.supernet import PositionSelection, count_distribution, most_probable_count, readout_selection
 from acla_basicsr.models.search_export import CONFIG_FILE, POSITIONS_FILE
 from acla_basicsr.models.search_options import search_temperature
 from acla_basicsr.config.checks import check_options
@@ -161,26 +161,33 @@ def test_straight_through_closed_candidate_gets_the_relaxed_gradient_as_a_key_la
     assert net.arch_logits.grad[0].abs() > 0
 
 
-def test_readout_selects_the_most_probable_selection_of_at_least_the_expected_count():
+def test_readout_selects_the_most_probable_selection_of_at_least_the_most_probable_count():
     probs = [0.30, 0.25, 0.38, 0.20, 0.33, 0.29]  # no P above 0.5, sum 1.75: two positions
     assert readout_selection(probs) == readout_selection(probs, 'expected_count') == [2, 4]
     assert readout_selection(probs, 'threshold') == []
     leaning = [0.849, 0.742, 0.757, 0.758]  # every gate leans open, sum 3.11: the mode (all 4), not 3
     assert readout_selection(leaning) == readout_selection(leaning, 'threshold') == [0, 1, 2, 3]
     assert readout_selection(leaning, 'expected_count') == [0, 2, 3]
-    mixed = [0.612, 0.676, 0.2, 0.3, 0.45, 0.45]  # two above 0.5, sum 2.69: topped up to three
+    mixed = [0.612, 0.676, 0.2, 0.3, 0.45, 0.45]  # two above 0.5, three open the most probable count: topped up
     assert readout_selection(mixed) == [0, 1, 4]
+    split = [0.886, 0.099, 0.491, 0.029]  # sum 1.51 rounds to 2, but one open (0.451) is likelier than two (0.443)
+    assert most_probable_count(split) == 1 and readout_selection(split) == [0]
+    assert readout_selection(split, 'expected_count') == [0, 2]
 
     def probability(selection, p):
         return math.prod(q if i in selection else 1 - q for i, q in enumerate(p))
 
-    for p in (probs, leaning, mixed):  # the most probable of every selection of at least round(sum P) positions
-        count = int(math.floor(sum(p) + 0.5))
-        best = max((c for n in range(count, len(p) + 1) for c in itertools.combinations(range(len(p)), n)),
-                   key=lambda c: probability(c, p))
-        assert readout_selection(p) == list(best)
+    for p in (probs, leaning, mixed, split, [0.053, 0.418, 0.134, 0.031], [0.7] * 10):
+        selections = [c for n in range(len(p) + 1) for c in itertools.combinations(range(len(p)), n)]
+        dist = count_distribution(p)  # the count's distribution, against the enumeration of every selection
+        assert dist == pytest.approx([sum(probability(c, p) for c in selections if len(c) == n)
+                                      for n in range(len(p) + 1)], abs=1e-12)
+        count = max(range(len(p) + 1), key=lambda n: (dist[n], -n))
+        best = max((c for c in selections if len(c) >= count), key=lambda c: probability(c, p))
+        assert readout_selection(p) == list(best)  # the most probable of every selection of at least that count
     assert readout_selection([0.9, 0.97, 0.95, 0.96]) == [0, 1, 2, 3]
     assert readout_selection([0.05, 0.04, 0.06, 0.03]) == []  # sum 0.18
+    assert readout_selection([0.053, 0.418, 0.134, 0.031]) == []  # sum 0.64, but none open is the likeliest count
     assert readout_selection([0.5] * 4) == [0, 1]  # ties: the earlier candidates
     assert readout_selection([0.185, 0.973, 0.065, 0.987]) == [1, 3]
     with pytest.raises(ValueError, match=r"^readout: 'mode' is unknown; use one of most_probable, expected_count, "
@@ -291,6 +298,7 @@ def test_lambda_zero_keeps_useful_positions_and_large_lambda_closes_all(tmp_path
     result = exported(tmp_path)
     probs = list(result['probabilities'].values())
     assert result['readout'] == 'most_probable' and result['sum_probabilities'] == pytest.approx(sum(probs), abs=1e-3)
+    assert result['most_probable_count'] == most_probable_count(probs)
     if lam == 0:
         assert result['positions'] == [1, 2, 3]
         assert min(probs) > 0.8  # rose from sigmoid(1.0) = 0.73: the search found them useful

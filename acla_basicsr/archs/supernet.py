@@ -12,7 +12,7 @@ The ACLA paper reports only the outcome of its insert-position search (Table 9);
   :attr:`position_straight_through` the forward pass uses the hard sample ``[z_p > 0.5]`` and the backward
   pass the relaxed gradient.
 - Evaluation: deterministic hard gates of the selected positions (:func:`readout_selection`: by default the
-  most probable selection of at least round(sum P) candidates); closed candidates are skipped and their
+  most probable selection of at least the most probable number of open candidates); closed candidates are skipped and their
   key layers removed from the softmax, so the supernet in eval mode computes exactly what the final
   network with the open positions computes with :meth:`PositionSearchMixin.final_state_dict` (tested).
 - Candidate p's query is the feature after its block; its key layers are the head feature (weight 1) and
@@ -31,6 +31,7 @@ The ACLA paper reports only the outcome of its insert-position search (Table 9);
 import math
 from collections import OrderedDict
 
+import numpy as np
 import torch
 from torch import nn as nn
 
@@ -64,6 +65,31 @@ def check_candidates(candidates, num_positions, unit):
         raise ValueError(str(error).replace('insert_positions', 'candidates', 1)) from None
 
 
+def count_distribution(probs):
+    """Distribution of the number of open candidates under independent Bernoulli(P_p) gates (Poisson binomial).
+
+    Args:
+        probs (list[float]): P(open) of each candidate.
+
+    Returns:
+        numpy.ndarray: Entry n is the probability that exactly n candidates are open (length ``len(probs) + 1``).
+    """
+    dist = np.ones(1)
+    for p in probs:  # the product of the candidates' generating polynomials (1 - P) + P x
+        dist = np.convolve(dist, [1.0 - p, p])
+    return dist
+
+
+def most_probable_count(probs):
+    """The most probable number of open candidates (the mode of :func:`count_distribution`; ties: the smaller).
+
+    It is within 1 of the expected number ``sum_p P_p`` (Darroch, 1964), but is the count the search's
+    distribution puts most mass on: at P = 0.886, 0.099, 0.491, 0.029 (sum 1.51) one open candidate has
+    probability 0.451 and two 0.443, where rounding the sum reads two.
+    """
+    return int(np.argmax(count_distribution(probs)))
+
+
 def readout_selection(probs, readout=DEFAULT_READOUT):
     """Indices of the candidates a search selects from their gate probabilities, in increasing order.
 
@@ -72,11 +98,11 @@ def readout_selection(probs, readout=DEFAULT_READOUT):
     candidates with P > 0.5 (the mode); the largest probability of size n grows with n up to the mode's size and
     falls after it.
 
-    - ``'most_probable'`` (default): the most probable selection of at least ``round(sum_p P_p)`` candidates, the
-      expected number open: the mode, topped up with the next most probable candidates when it is smaller, i.e.
-      the ``max(#{P > 0.5}, round(sum P))`` largest P. Near the symmetric point where every P is below 0.5 but
-      their sum is a handful it selects that handful; when the gates lean open without being decided (every P
-      0.75: expected count 3 of 4) it keeps the mode (docs/search.md).
+    - ``'most_probable'`` (default): the most probable selection of at least the most probable number of open
+      candidates (:func:`most_probable_count`): the mode, topped up with the next most probable candidates when it
+      is smaller, i.e. the ``max(#{P > 0.5}, n*)`` largest P. Near the symmetric point where every P is below 0.5
+      but their sum is a handful it selects that handful; when the gates lean open without being decided (every
+      P 0.75: three of 4 open is the most probable count) it keeps the mode, all four (docs/search.md).
     - ``'expected_count'``: the ``round(sum_p P_p)`` largest P, the most probable selection of the expected size.
     - ``'threshold'``: the mode, every candidate with P > 0.5.
 
@@ -91,9 +117,10 @@ def readout_selection(probs, readout=DEFAULT_READOUT):
         return [i for i, p in enumerate(probs) if p > 0.5]
     if readout not in READOUTS:
         raise ValueError(f"readout: '{readout}' is unknown; use one of {', '.join(READOUTS)}.")
-    count = int(math.floor(sum(probs) + 0.5))
     if readout == 'most_probable':
-        count = max(count, sum(p > 0.5 for p in probs))
+        count = max(most_probable_count(probs), sum(p > 0.5 for p in probs))
+    else:
+        count = int(math.floor(sum(probs) + 0.5))
     return sorted(sorted(range(len(probs)), key=lambda i: (-probs[i], i))[:count])
 
 

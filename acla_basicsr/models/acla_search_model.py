@@ -6,7 +6,7 @@ from collections import OrderedDict
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import ARCH_REGISTRY, MODEL_REGISTRY
 
-from acla_basicsr.archs.supernet import PositionSelection
+from acla_basicsr.archs.supernet import PositionSelection, most_probable_count
 from acla_basicsr.errors import OptionError
 from .restoration_model import RestorationModel
 from .search_export import export_search
@@ -39,7 +39,8 @@ class ACLASearchModel(RestorationModel):
       the relaxed gradient of its roles as query and as key layer). Default: true (relaxed gates train partial
       modules and selected one position of 16 on EDSR-16 DN at lambda 0.2: docs/search.md).
     - ``readout``: how the final positions are read from the gate probabilities: ``most_probable`` (default, the
-      most probable selection of at least round(sum P) candidates: those with P > 0.5, topped up to round(sum P)),
+      most probable selection of at least the most probable number of open candidates: those with P > 0.5, topped
+      up to that number),
       ``expected_count`` (the round(sum P) most probable candidates) or ``threshold`` (P > 0.5); evaluation
       computes the same selection (:func:`~acla_basicsr.archs.supernet.readout_selection`).
     - ``ramp_iter``: iterations over which lambda rises from 0 (default: ``arch_start_iter``), so that the key
@@ -181,7 +182,7 @@ class ACLASearchModel(RestorationModel):
         ratio = net.expected_attention_macs(height, width).item() / net.backbone_macs(height, width)
         probs_text = ', '.join(f'{p}: {v:.3f}' for p, v in zip(net.insert_positions, probs))
         get_root_logger().info(f'Search at iter {current_iter}: positions {positions} (readout {net.readout}, '
-                               f'sum P = {sum(probs):.2f}); '
+                               f'sum P = {sum(probs):.2f}, most probable count {most_probable_count(probs)}); '
                                f'expected added MACs {100 * ratio:.2f} % of the backbone; P(open) = {{{probs_text}}}; '
                                f'final network config: {config_path}')
         if tb_logger:

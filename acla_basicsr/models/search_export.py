@@ -9,6 +9,7 @@ import numpy as np
 import yaml
 
 from acla_basicsr import fileio
+from acla_basicsr.archs.supernet import most_probable_count
 from .search_options import search_temperature
 
 POSITIONS_FILE = 'searched_positions.yml'
@@ -135,6 +136,7 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
         'logits': {p: round(v, 4) for p, v in zip(net.insert_positions, logits)},
         'readout': net.readout,
         'sum_probabilities': round(sum(probs), 4),
+        'most_probable_count': most_probable_count(probs),
         'lambda': search['lambda'],
         'recipe': search.get('final_config'),
         'temperature': round(search_temperature(search, iteration), 6),
@@ -152,8 +154,9 @@ def export_search(out_dir, search_opt, net, iteration, search, root_path=None, s
     }
     write_yaml(positions_path, summary,
                '# Insert positions found by the ACLA position search (ACLASearchModel): positions = the readout of\n'
-               '# the gate probabilities sigmoid(logit) (most_probable: those above 0.5, or the round(sum P) most\n'
-               '# probable candidates when more; expected_count: the round(sum P) most probable; threshold: above 0.5).\n')
+               '# the gate probabilities sigmoid(logit) (most_probable: those above 0.5, or the n most probable\n'
+               '# candidates when n, the most probable number open, is more; expected_count: the round(sum P) most\n'
+               '# probable; threshold: above 0.5).\n')
     write_yaml(config_path, config,
                f"# Final network of the position search {search_opt.get('name')} at iteration {iteration}: "
                f"{network_opt['type']} with ACLA after {positions or 'no position'}.\n"

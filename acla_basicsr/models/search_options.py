@@ -24,8 +24,8 @@ SEARCH_OPTIONS = {
     'ramp_iter': Option('int', None, 'Iterations over which lambda rises from 0 on the key gates (~: arch_start_iter).',
                         low=0),
     'readout': Option('most_probable|expected_count|threshold', 'most_probable', 'Final positions: the most '
-                      'probable selection of at least round(sum P) candidates (most_probable), the round(sum P) most '
-                      'probable candidates (expected_count) or those with P > 0.5 (threshold).'),
+                      'probable selection of at least the most probable number of open candidates (most_probable), '
+                      'the round(sum P) most probable candidates (expected_count) or those with P > 0.5 (threshold).'),
     'macs_size': MACS_SIZE,
     'final_config': Option('str', None, "The task's training config whose recipe train_searched.yml takes."),
 }
