@@ -65,6 +65,19 @@ def test_sparse_module_equals_dense(case):
         assert module.measured_projected_layers() == [0.0, 0.0, 0.0]
 
 
+def test_sparse_module_far_keys_read_zeros_as_dense():
+    """Keys just outside the map, a few pixels beyond its border, and 1e9 pixels away (past int32) read zero
+    padding, as in the dense sampler; the integer corners are bounded before their conversion."""
+    module = gated_module()
+    set_gates(module, 'mixed')
+    with torch.no_grad():
+        far = torch.tensor([-1e9, 1e9, -0.5, 6.3, -9.7, 8.0, 3.5, -3.5])  # 4 (dy, dx) pairs per key layer
+        module.offset.bias.view(3, 4, 2).copy_(far.view(4, 2))
+    x, keys = torch.randn(2, 8, 5, 6), [torch.randn(2, 8, 5, 6) for _ in range(3)]
+    sparse, dense = both_paths(module, x, keys)
+    torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
 def test_sparse_chunks_and_unprojected_layers():
     """Chunks of query pixels (a tiny memory budget: one pixel a chunk, some chunks without an open key) give the
     same output; a key layer whose keys are all closed over the batch is not projected."""
@@ -176,3 +189,30 @@ def test_sparse_path_is_differentiable_in_evaluation_mode():
     del module.sparse_eval
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_bench_acla_sparsity_runs_and_prints_its_tables(capsys):
+    """benchmarks/bench_acla_sparsity.py at a tiny size: part 1 checks the sparse module against the dense one at
+    every fraction (it asserts equality itself), part 2 builds EDSR-large with CLA and ACLA, and every table and
+    target line is printed with positive ratios (a benchmark that no test runs rots: this one called a removed
+    method)."""
+    import importlib.util
+    import os.path as osp
+    import re
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location('bench_acla_sparsity',
+                                                  osp.join(ROOT, 'benchmarks', 'bench_acla_sparsity.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(['--size', '8', '--repeat', '1', '--edsr-repeat', '1', '--attention-repeat', '1'])
+    out = capsys.readouterr().out
+    for fraction in ('100 %', '50 %', '25 %', '10 %'):
+        assert f'| {fraction} |' in out
+    assert 'targets at 25 %: aggregation <= 0.5x dense:' in out
+    for row in ('| EDSR-large |', '| EDSR-large + CLA K=16 |', '| EDSR-large + ACLA K=16 (sparse) |',
+                '| ACLA K=16 (sparse) |'):
+        assert row in out, row
+    assert 'ACLA modules below CLA K=16 modules:' in out
+    ratios = [float(r) for r in re.findall(r'\((\d+\.\d+)x', out)]
+    assert len(ratios) >= 4 and all(r > 0 for r in ratios)
