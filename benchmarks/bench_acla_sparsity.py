@@ -22,11 +22,11 @@ positions), ``--attention-repeat`` alternating repetitions.
 Time: the median of ``--repeat`` repetitions in which the variants alternate, of the CPU time of this process
 (``time.process_time``) with ``--threads 1`` by default: the machine is shared, and the CPU time of one thread
 is what a load does not distort (benchmarks/README.md). Ratios are of medians of the same run, except the
-aggregation's sparse / dense, which is the median of the ratios of the repetitions (each pair of calls back to
-back): on this machine the two aggregations' medians drift by 10-20 % from run to run, together, and the paired
-ratio cancels that drift. Prints markdown tables.
+aggregation's sparse / dense and the networks' ratios to EDSR-large, which are the medians of the ratios of the
+repetitions (each pair of calls in the same round): on this machine the medians drift by 10-20 % from run to
+run, together, and a paired ratio cancels that drift. Prints markdown tables.
 
-Usage: python benchmarks/bench_acla_sparsity.py [--threads 1] [--repeat 15] [--edsr-repeat 3]
+Usage: python benchmarks/bench_acla_sparsity.py [--threads 1] [--repeat 15] [--edsr-repeat 7]
        [--attention-repeat 15] [--size 48] [--open 0.45] [--skip-edsr]
 """
 import os
@@ -198,20 +198,22 @@ def bench_edsr(args):
     for net in nets.values():
         net.eval()
     with torch.no_grad():
-        t = medians({name: (lambda net=net: net(x)) for name, net in nets.items()}, args.edsr_repeat)
-    base = t['EDSR-large']
+        times = alternating_times({name: (lambda net=net: net(x)) for name, net in nets.items()}, args.edsr_repeat)
+    t = {name: statistics.median(v) for name, v in times.items()}
+    # each network against EDSR-large in the same repetition: the median of the paired ratios
+    ratio = {name: statistics.median(a / b for a, b in zip(v, times['EDSR-large'])) for name, v in times.items()}
     print(f'\nForward time, EDSR-large x2 (32 x 256, res_scale 0.1), one {args.size}x{args.size} LR input, eval, cpu, '
           f'{torch.get_num_threads()} thread(s), median of {args.edsr_repeat} alternating repetitions (CPU time); '
           f'ACLA at {SEARCHED} with {100 * fraction:.1f} % of its keys open')
-    print('| network | time (ms) | / EDSR-large |')
+    print('| network | time (ms) | / EDSR-large (paired) |')
     print('|---|---|---|')
     for name, value in t.items():
-        print(f'| {name} | {1e3 * value:.0f} | {value / base:.3f} |')
-    acla = t['EDSR-large + ACLA K=16 (sparse)']
-    print(f'targets: ACLA below CLA K=16 (same K): {"met" if acla < t["EDSR-large + CLA K=16"] else "NOT met"}; '
-          f'below CLA K=8: {"met" if acla < t["EDSR-large + CLA K=8"] else "NOT met"}; within 1.10x of EDSR-large: '
-          f'{"met" if acla <= 1.10 * base else "NOT met"} ({acla / base:.3f}x; paper, V100: 1.22x)')
-    bench_attention_alone(args, nets, x, base)
+        print(f'| {name} | {1e3 * value:.0f} | {ratio[name]:.3f} |')
+    acla = ratio['EDSR-large + ACLA K=16 (sparse)']
+    print(f'targets: ACLA below CLA K=16 (same K): {"met" if acla < ratio["EDSR-large + CLA K=16"] else "NOT met"}; '
+          f'below CLA K=8: {"met" if acla < ratio["EDSR-large + CLA K=8"] else "NOT met"}; within 1.10x of '
+          f'EDSR-large: {"met" if acla <= 1.10 else "NOT met"} ({acla:.3f}x; paper, V100: 1.22x)')
+    bench_attention_alone(args, nets, x, t['EDSR-large'])
 
 
 def backbone_features(net, x):
@@ -240,12 +242,16 @@ def bench_attention_alone(args, nets, x, base):
     with torch.no_grad():
         t = medians({name: modules_of(net) for name, net in attention.items()}, args.attention_repeat)
     cla16 = t['EDSR-large + CLA K=16']
+    # what the cost model charges the modules (the evaluation's measured open keys and projected key layers)
+    size = x.shape[-1]
+    macs = {name: net.effective_macs(size, size) - net.backbone_macs(size, size) for name, net in attention.items()}
     print(f'\nThe five attention modules alone, on the features of EDSR-large at {SEARCHED} (same input), eval, '
-          f'median of {args.attention_repeat} alternating repetitions (CPU time)')
-    print('| modules of | time (ms) | / CLA K=16 | / EDSR-large forward |')
-    print('|---|---|---|---|')
+          f'median of {args.attention_repeat} alternating repetitions (CPU time); MACs of the cost model')
+    print('| modules of | time (ms) | / CLA K=16 | / EDSR-large forward | MACs (M) | MACs / CLA K=16 |')
+    print('|---|---|---|---|---|---|')
     for name, value in t.items():
-        print(f'| {name[len("EDSR-large + "):]} | {1e3 * value:.1f} | {value / cla16:.3f} | {value / base:.3f} |')
+        print(f'| {name[len("EDSR-large + "):]} | {1e3 * value:.1f} | {value / cla16:.3f} | {value / base:.3f} | '
+              f'{macs[name] / 1e6:.1f} | {macs[name] / macs["EDSR-large + CLA K=16"]:.3f} |')
     acla = t['EDSR-large + ACLA K=16 (sparse)']
     print(f'ACLA modules below CLA K=16 modules: {"met" if acla < cla16 else "NOT met"} ({acla / cla16:.3f}x); '
           f'below CLA K=8: {"met" if acla < t["EDSR-large + CLA K=8"] else "NOT met"} '
@@ -256,7 +262,7 @@ def main(argv=None):
     parser = ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--threads', type=int_range(1), default=1, help='torch threads (default 1)')
     parser.add_argument('--repeat', type=int_range(1), default=15, help='repetitions of part 1 (default 15)')
-    parser.add_argument('--edsr-repeat', type=int_range(1), default=3, help='repetitions of part 2 (default 3)')
+    parser.add_argument('--edsr-repeat', type=int_range(1), default=7, help='repetitions of part 2 (default 7)')
     parser.add_argument('--attention-repeat', type=int_range(1), default=15,
                         help='repetitions of the attention modules alone in part 2 (default 15)')
     parser.add_argument('--size', type=int_range(4), default=48,
