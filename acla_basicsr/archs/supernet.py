@@ -12,9 +12,9 @@ The ACLA paper reports only the outcome of its insert-position search (Table 9);
   :attr:`position_straight_through` the forward pass uses the hard sample ``[z_p > 0.5]`` and the backward
   pass the relaxed gradient.
 - Evaluation: deterministic hard gates of the selected positions (:func:`readout_selection`: by default the
-  most probable selection of at least the most probable number of open candidates); closed candidates are skipped and their
-  key layers removed from the softmax, so the supernet in eval mode computes exactly what the final
-  network with the open positions computes with :meth:`PositionSearchMixin.final_state_dict` (tested).
+  most probable selection of at least the most probable number of open candidates); closed candidates are
+  skipped and their key layers removed from the softmax, so the supernet in eval mode computes exactly what the
+  final network with the open positions computes with :meth:`PositionSearchMixin.final_state_dict` (tested).
 - Candidate p's query is the feature after its block; its key layers are the head feature (weight 1) and
   the features at the earlier candidates q < p (before their attention), each weighted by ``z_q`` through
   the module's ``layer_weights``, added in log space to the key logits before the softmax (so a weight of 0

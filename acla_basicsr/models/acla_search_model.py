@@ -40,9 +40,8 @@ class ACLASearchModel(RestorationModel):
       modules and selected one position of 16 on EDSR-16 DN at lambda 0.2: docs/search.md).
     - ``readout``: how the final positions are read from the gate probabilities: ``most_probable`` (default, the
       most probable selection of at least the most probable number of open candidates: those with P > 0.5, topped
-      up to that number),
-      ``expected_count`` (the round(sum P) most probable candidates) or ``threshold`` (P > 0.5); evaluation
-      computes the same selection (:func:`~acla_basicsr.archs.supernet.readout_selection`).
+      up to that number), ``expected_count`` (the round(sum P) most probable candidates) or ``threshold``
+      (P > 0.5); evaluation computes the same selection (:func:`~acla_basicsr.archs.supernet.readout_selection`).
     - ``ramp_iter``: iterations over which lambda rises from 0 (default: ``arch_start_iter``), so that the key
       gates see the reconstruction gradient of the zero-initialised modules before their MAC term.
     - ``mode``: ``joint`` (default; one-shot: weights and logits stepped on the same batch) or ``alternate``
