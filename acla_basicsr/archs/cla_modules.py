@@ -252,45 +252,36 @@ def aggregate_open_keys(table, offsets, weights, is_open, first, size):
     b, h, w = size
     hp, wp = h + 2 * _PAD, w + 2 * _PAD
     device = offsets.device
-    itype = torch.int32 if table.shape[0] < 2**31 else torch.int64  # int32 indices: faster divisions and gathers
+    itype = torch.int32 if table.shape[0] < 2**31 else torch.int64
     dtype = torch.promote_types(offsets.dtype, torch.float32)  # see _pixel_coordinates
     # per (pixel, layer), flat: the pixel's row and column, and where its layer's map starts in the padded
     # (B, L', H + 4, W + 4) table (border included)
-    pixel = torch.arange(first, first + n, device=device, dtype=itype)
+    pixel = torch.arange(first, first + n, device=device)
     batch, rest = torch.div(pixel, h * w, rounding_mode='floor'), pixel % (h * w)
-    layer = batch.view(n, 1) * num_layers + torch.arange(num_layers, device=device, dtype=itype)
-    base = ((layer * hp + _PAD) * wp + _PAD).view(-1)
-    row, col = (t.view(n, 1).expand(n, num_layers).reshape(-1)
+    layer = batch.view(n, 1) * num_layers + torch.arange(num_layers, device=device)
+    base = ((layer * hp + _PAD) * wp + _PAD).view(-1).to(itype)
+    row, col = (t.to(dtype).view(n, 1).expand(n, num_layers).reshape(-1)
                 for t in (torch.div(rest, w, rounding_mode='floor'), rest % w))
     # the open keys alone from here on: one selection, then 1D gathers by the key or its (pixel, layer) (1D
-    # elementwise operations: broadcasting over the 4 corners is several times slower on CPU). The corner of a
-    # key at (row + dy, col + dx) is (row + floor(dy), col + floor(dx)), its bilinear weights those of the
-    # fractional parts of (dy, dx): integer and fractional parts come from the offsets alone.
-    key = is_open.reshape(-1).nonzero().squeeze(1).to(itype)
+    # elementwise operations: broadcasting over the 4 corners is several times slower on CPU)
+    key = is_open.reshape(-1).nonzero().squeeze(1)
     pixel_layer = torch.div(key, k, rounding_mode='floor')
-    shift = offsets.reshape(-1, 2).index_select(0, key).to(dtype)
-    whole = shift.floor()
-    frac = shift - whole
-    # bounded before the integer conversion (far keys would overflow it), loosely enough that every pixel's
-    # clamp below gives what it gives unbounded: row + dy <= -2 for every row when dy <= -H - 2
-    whole[:, 0].clamp_(-h - _PAD, h)
-    whole[:, 1].clamp_(-w - _PAD, w)
-    whole = whole.to(itype)
-    # the top-left corner clamped into the zero border (a key beyond it reads 4 zeros there, as in the dense
-    # sampler); the (key, corner) columns written in place (faster than stacking them)
-    y0 = row.index_select(0, pixel_layer).add_(whole[:, 0]).clamp_(-_PAD, h)
-    x0 = col.index_select(0, pixel_layer).add_(whole[:, 1]).clamp_(-_PAD, w)
+    offsets = offsets.reshape(-1, 2).index_select(0, key).to(dtype)
+    py = offsets[:, 0] + row.index_select(0, pixel_layer)
+    px = offsets[:, 1] + col.index_select(0, pixel_layer)
+    y0, x0 = py.floor(), px.floor()
+    fy, fx = py - y0, px - x0
+    # the top-left corner clamped into the zero border before the integer conversion (far keys would overflow it);
+    # the (key, corner) columns written in place (faster than stacking them)
     num = key.numel()
     index = torch.empty(num, 4, dtype=itype, device=device)
     top_left = index[:, 0]
-    torch.add(base.index_select(0, pixel_layer), x0, out=top_left)
-    top_left.add_(y0.mul_(wp))
-    for corner, step in enumerate((1, wp, wp + 1), 1):
-        torch.add(top_left, step, out=index[:, corner])
+    torch.add(base.index_select(0, pixel_layer), x0.clamp(-_PAD, w).to(itype), out=top_left)
+    top_left.add_(y0.clamp(-_PAD, h).to(itype) * wp)
+    for corner, shift in enumerate((1, wp, wp + 1), 1):
+        torch.add(top_left, shift, out=index[:, corner])
     weight = weights.reshape(-1).index_select(0, key).to(dtype)
-    fy, fx = frac[:, 0], frac[:, 1]
-    lower = fy * weight
-    upper, gx = weight - lower, 1 - fx
+    upper, lower, gx = (1 - fy) * weight, fy * weight, 1 - fx
     corners = ((upper, gx), (upper, fx), (lower, gx), (lower, fx))
     if torch.is_grad_enabled() and (upper.requires_grad or fx.requires_grad):  # out= is not differentiable
         coef = torch.stack([wy * wx for wy, wx in corners], 1)
