@@ -37,6 +37,7 @@ setup(
         'pyyaml>=5.4',
         'tqdm>=4.60',
         'psutil>=5.8',  # acla-restore --tile auto: the available RAM
+        'scipy>=1.15',  # scipy.stats.poisson_binom: the search's most probable count (basicsr needs scipy too)
         'matplotlib>=3.7',  # the search's gate heat map (Agg backend)
     ],
     extras_require={

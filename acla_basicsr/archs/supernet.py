@@ -33,6 +33,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
+from scipy.stats import poisson_binom
 from torch import nn as nn
 
 
@@ -65,29 +66,17 @@ def check_candidates(candidates, num_positions, unit):
         raise ValueError(str(error).replace('insert_positions', 'candidates', 1)) from None
 
 
-def count_distribution(probs):
-    """Distribution of the number of open candidates under independent Bernoulli(P_p) gates (Poisson binomial).
-
-    Args:
-        probs (list[float]): P(open) of each candidate.
-
-    Returns:
-        numpy.ndarray: Entry n is the probability that exactly n candidates are open (length ``len(probs) + 1``).
-    """
-    dist = np.ones(1)
-    for p in probs:  # the product of the candidates' generating polynomials (1 - P) + P x
-        dist = np.convolve(dist, [1.0 - p, p])
-    return dist
-
-
 def most_probable_count(probs):
-    """The most probable number of open candidates (the mode of :func:`count_distribution`; ties: the smaller).
+    """The most probable number of open candidates under independent Bernoulli(P_p) gates: the mode of their
+    count's Poisson-binomial distribution (``scipy.stats.poisson_binom``; ties: the smaller count).
 
     It is within 1 of the expected number ``sum_p P_p`` (Darroch, 1964), but is the count the search's
     distribution puts most mass on: at P = 0.886, 0.099, 0.491, 0.029 (sum 1.51) one open candidate has
     probability 0.451 and two 0.443, where rounding the sum reads two.
     """
-    return int(np.argmax(count_distribution(probs)))
+    if not len(probs):
+        return 0
+    return int(np.argmax(poisson_binom(list(probs)).pmf(np.arange(len(probs) + 1))))
 
 
 def readout_selection(probs, readout=DEFAULT_READOUT):
