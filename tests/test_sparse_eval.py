@@ -214,5 +214,7 @@ def test_bench_acla_sparsity_runs_and_prints_its_tables(capsys):
                 '| ACLA K=16 (sparse) |'):
         assert row in out, row
     assert 'ACLA modules below CLA K=16 modules:' in out
+    # the ACLA-below-CLA targets are decided on paired rounds with a sign test
+    assert out.count('sign test p = ') == 4
     ratios = [float(r) for r in re.findall(r'\((\d+\.\d+)x', out)]
     assert len(ratios) >= 4 and all(r > 0 for r in ratios)
