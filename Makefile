@@ -13,8 +13,11 @@ data: install
 demo: data
 	$(PYTHON) acla_basicsr/train.py -opt options/train/demo_ACLA_SRx2.yml
 
+# two pytest-xdist workers, one per core (every test process runs torch on one thread, tests/conftest.py); tests
+# marked xdist_group run on one worker together; TEST_WORKERS=0 runs the suite in this one process
+TEST_WORKERS ?= 2
 test: data
-	$(PYTHON) -m pytest tests -q
+	$(PYTHON) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: data
-	$(PYTHON) -m pytest tests -q -m "not slow"
+	$(PYTHON) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup -m "not slow"

@@ -1,6 +1,7 @@
 """Shared fixtures: tiny SR data made on the fly, tiny configs, and running the entry points."""
 import os
 import os.path as osp
+import re
 import shutil
 import socket
 import subprocess
@@ -189,9 +190,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# The runs that tests make in the repository's output folders, and the names they get: under pytest-xdist (`make
+# test` runs two workers) they appear and vanish beside any other test, which must not count them as its own.
+RUN_FOLDERS = ('experiments', 'results', 'tb_logger')
+OTHER_TESTS_RUN = re.compile(r'pytest_[0-9a-f]{8}|cmp_|gpu_check_torchrun_')  # experiment_name, compare.py, gpu_check
+
+
+def pytest_configure(config):
+    """The output folders exist before any test runs (every xdist worker makes them; ``exist_ok`` is race-free), so a
+    test that snapshots them does not see another worker's first run create them."""
+    for folder in RUN_FOLDERS:
+        os.makedirs(osp.join(ROOT, folder), exist_ok=True)
+
+
 def remove_run_folders(name):
     """Remove the experiments/, results/ and tb_logger/ folders of the run ``name`` (and its archived ones)."""
-    for folder in ('experiments', 'results', 'tb_logger'):
+    for folder in RUN_FOLDERS:
         shutil.rmtree(osp.join(ROOT, folder, name), ignore_errors=True)
         for archived in (os.listdir(osp.join(ROOT, folder)) if osp.isdir(osp.join(ROOT, folder)) else []):
             if archived.startswith(name):

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import OTHER_TESTS_RUN, ROOT
 
 TRAIN_YML = osp.join(ROOT, 'options', 'train', 'demo_EDSR_SRx2.yml')
 TEST_YML = osp.join(ROOT, 'options', 'test', 'demo_EDSR_SRx2.yml')
@@ -176,12 +176,14 @@ def paths(tmp_path, monkeypatch):
 
 
 def snapshot(tmp_path):
-    """Every path under ``tmp_path``, and the entries of the repository's output folders."""
+    """Every path under ``tmp_path``, and the entries of the repository's output folders but the runs of other tests
+    (``OTHER_TESTS_RUN``: under pytest-xdist they come and go beside this test; no command line here names one)."""
     found = {osp.join(folder, name) for folder, dirs, files in os.walk(tmp_path) for name in dirs + files}
     for folder in WATCHED:
         if osp.isdir(osp.join(ROOT, folder)):
             found.add(osp.join(ROOT, folder))
-            found.update(osp.join(ROOT, folder, name) for name in os.listdir(osp.join(ROOT, folder)))
+            found.update(osp.join(ROOT, folder, name) for name in os.listdir(osp.join(ROOT, folder))
+                         if not OTHER_TESTS_RUN.match(name))
     return found
 
 

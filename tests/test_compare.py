@@ -10,6 +10,10 @@ import pytest
 
 from conftest import ROOT, tiny_sr_options, write_options, write_sr_folders
 
+# one pytest-xdist worker for the module: test_results_record_and_paired_table checks that the cmp_tiny_ folders it
+# makes are gone, and test_compare_end_to_end makes folders of that stem
+pytestmark = pytest.mark.xdist_group('compare')
+
 spec = importlib.util.spec_from_file_location('compare', osp.join(ROOT, 'scripts', 'compare.py'))
 compare = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare)

@@ -11,6 +11,11 @@ from conftest import ROOT, remove_run_folders, run_torchrun_training, tiny_sr_op
 from acla_basicsr.cli.launch import normalise_argv
 
 
+# one pytest-xdist worker for the module: its tests share one two-process run (a module fixture is built once per
+# worker), and two torchruns at once would put four torch processes on this 2-core machine
+pytestmark = pytest.mark.xdist_group('distributed')
+
+
 def two_process_options(name, hr_dir, lr_dir):
     """8 iterations of a tiny ACLAEDSR, one patch per rank, checkpoints every 2 iterations, validated every 2."""
     opt = tiny_sr_options(name, hr_dir, lr_dir, total_iter=8)

@@ -463,22 +463,24 @@ def test_zoo_total_size_under_10_mb():
 
 
 @pytest.mark.slow
-def test_zoo_card_psnr_is_reproduced_by_test_py(experiment_name):
+def test_zoo_card_psnr_is_reproduced_by_test_py(experiment_name, tmp_path):
     """demo_EDSR_SRx2's card: its Set5 PSNR within 0.01 dB, through test.py with its zoo options."""
     found = [v for v in ZOO_MODELS if osp.basename(v).startswith('demo_EDSR_SRx2-')]
     if not found:
         pytest.skip('model_zoo/ holds no demo_EDSR_SRx2')
     if not osp.isdir(osp.join(SHARED_DATASETS, 'Set5')):
         pytest.skip('../shared/datasets/Set5 is absent (the benchmark images are not part of the project)')
-    if not osp.isdir(osp.join(ROOT, 'datasets', 'Set5', 'LR_bicubic', 'X2')):
-        load_script('prepare_benchmark').main(['--sets', 'Set5', '--scales', '2', '--tasks', 'sr'])
+    # Set5 prepared here (datasets/ of the repository is left alone: other tests may snapshot it)
+    data = tmp_path / 'datasets'
+    load_script('prepare_benchmark').main(['--sets', 'Set5', '--scales', '2', '--tasks', 'sr', '--output', str(data)])
+    hr, lr = data / 'Set5' / 'HR', data / 'Set5' / 'LR_bicubic' / 'X2'
     card = read_front_matter(found[0][:-4] + '.md')
     expected = {row['dataset']: row for row in card['metrics']}['Set5']
     opt = osp.join(ROOT, 'options', 'test', 'zoo', 'demo_EDSR_SRx2.yml')
     # Set5 only (test_2 pointed at Set5 too), under a name of this test
     result = run_entry('test', opt, '--force_yml', f'name={experiment_name}', 'datasets:test_2:name=Set5_again',
-                       'datasets:test_2:dataroot_gt=datasets/Set5/HR',
-                       'datasets:test_2:dataroot_lq=datasets/Set5/LR_bicubic/X2')
+                       f'datasets:test_1:dataroot_gt={hr}', f'datasets:test_1:dataroot_lq={lr}',
+                       f'datasets:test_2:dataroot_gt={hr}', f'datasets:test_2:dataroot_lq={lr}')
     assert result.returncode == 0, result.stderr[-2000:]
     (log, ) = glob.glob(osp.join(ROOT, 'results', experiment_name, 'test_*.log'))
     measured = {s['name']: s['metrics'] for s in parse_test_log(log)['sets']}['Set5']
