@@ -44,8 +44,8 @@ setup(
         # model zoo: .safetensors copies, ONNX export and check, spandrel loading (docs/model_zoo.md); onnxscript is
         # torch's dynamo exporter's translation (0.7.2: the first whose optimizer folds EARN's graph, measured)
         'zoo': ['safetensors>=0.4', 'onnx>=1.15', 'onnxscript>=0.7.2', 'onnxruntime>=1.17', 'spandrel>=0.4'],
-        'test': ['pytest>=7', 'pytest-xdist>=3.2', 'safetensors>=0.4', 'onnx>=1.15', 'onnxscript>=0.7.2', 'onnxruntime>=1.17',
-                 'spandrel>=0.4'],
+        'test': ['pytest>=7', 'pytest-xdist>=3.2', 'safetensors>=0.4', 'onnx>=1.15', 'onnxscript>=0.7.2',
+                 'onnxruntime>=1.17', 'spandrel>=0.4'],
     },
     entry_points={
         'console_scripts': [
