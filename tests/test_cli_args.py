@@ -187,6 +187,17 @@ def snapshot(tmp_path):
     return found
 
 
+def test_other_tests_runs_are_told_apart(experiment_name):
+    """The names the snapshot ignores are those of other tests' runs (the experiment_name fixture, compare.py's and
+    the GPU check's runs), and none of the experiment names the command lines here could create."""
+    import yaml
+    assert OTHER_TESTS_RUN.match(experiment_name)
+    assert OTHER_TESTS_RUN.match('cmp_tiny_edsr_1_s0_0a1b2c') and OTHER_TESTS_RUN.match('gpu_check_torchrun_4242')
+    for yml in (TRAIN_YML, TEST_YML):
+        with open(yml) as f:
+            assert not OTHER_TESTS_RUN.match(yaml.safe_load(f)['name'])
+
+
 def command_line(entry, line, paths):
     return [word.format(yml=TEST_YML if entry == 'test' else TRAIN_YML, **paths) for word in line.split()]
 

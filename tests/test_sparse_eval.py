@@ -191,20 +191,44 @@ def test_sparse_path_is_differentiable_in_evaluation_mode():
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def load_bench():
+    """benchmarks/bench_acla_sparsity.py as a module."""
+    import importlib.util
+    import os.path as osp
+    from conftest import ROOT
+    spec = importlib.util.spec_from_file_location('bench_acla_sparsity',
+                                                  osp.join(ROOT, 'benchmarks', 'bench_acla_sparsity.py'))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_bench_decides_below_on_paired_rounds_with_a_sign_test():
+    """"ACLA below CLA" is met when ACLA is faster round by round and a one-sided sign test has p < 0.05: not by a
+    lower median alone (a drift of the machine between rounds moves both calls of a round together)."""
+    bench = load_bench()
+    # faster in every one of 10 rounds, while the machine drifts by 2x: met, p = 0.5**10
+    drift = [1.0, 2.0] * 5
+    times = {'acla': [0.98 * d for d in drift], 'cla': drift}
+    line = bench.below(times, 'acla', 'cla', 'ACLA below CLA')
+    assert line.startswith('ACLA below CLA: met (0.980x paired, faster in 10 of 10 rounds, sign test p = 0.00098)')
+    # faster in 5 of 10 rounds, by as much as it is slower in the others: a tie, not met
+    times = {'acla': [1.01, 0.99] * 5, 'cla': [1.0] * 10}
+    ratio, faster, p_value = bench.paired(times, 'acla', 'cla')
+    assert ratio == 1.0 and faster == 5 and p_value > 0.5
+    assert bench.below(times, 'acla', 'cla', 'x').startswith('x: NOT met')
+    # equal times are not faster
+    assert bench.paired({'a': [1.0] * 6, 'b': [1.0] * 6}, 'a', 'b')[1] == 0
+
+
 @pytest.mark.slow
 def test_bench_acla_sparsity_runs_and_prints_its_tables(capsys):
     """benchmarks/bench_acla_sparsity.py at a tiny size: part 1 checks the sparse module against the dense one at
     every fraction (it asserts equality itself), part 2 builds EDSR-large with CLA and ACLA, and every table and
     target line is printed with positive ratios (a benchmark that no test runs rots: this one called a removed
     method)."""
-    import importlib.util
-    import os.path as osp
     import re
-    from conftest import ROOT
-    spec = importlib.util.spec_from_file_location('bench_acla_sparsity',
-                                                  osp.join(ROOT, 'benchmarks', 'bench_acla_sparsity.py'))
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench()
     bench.main(['--size', '8', '--repeat', '1', '--edsr-repeat', '1', '--attention-repeat', '1'])
     out = capsys.readouterr().out
     for fraction in ('100 %', '50 %', '25 %', '10 %'):
