@@ -74,15 +74,19 @@ def medians(variants, repeat):
     return {name: statistics.median(v) for name, v in alternating_times(variants, repeat).items()}
 
 
+def paired_ratio(times, name, reference):
+    """The median over the rounds of ``name``'s time over ``reference``'s in the same round."""
+    return statistics.median(x / y for x, y in zip(times[name], times[reference]))
+
+
 def paired(times, name, reference):
     """``name`` against ``reference`` round by round: the median of the ratios, the rounds ``name`` was faster in, and
     the one-sided sign test's p-value of "faster in at least that many rounds" if neither were faster (a tie counts
     against ``name``). A paired ratio cancels the drift of this machine's speed, which moves both calls of a round
     together; the sign test says whether a difference smaller than that drift is there at all."""
-    a, b = times[name], times[reference]
-    faster = sum(x < y for x, y in zip(a, b))
-    p_value = binomtest(faster, len(a), 0.5, alternative='greater').pvalue
-    return statistics.median(x / y for x, y in zip(a, b)), faster, p_value
+    faster = sum(x < y for x, y in zip(times[name], times[reference]))
+    p_value = binomtest(faster, len(times[name]), 0.5, alternative='greater').pvalue
+    return paired_ratio(times, name, reference), faster, p_value
 
 
 def below(times, name, reference, label):
@@ -181,7 +185,7 @@ def bench_module(args):
             }, args.repeat)
         t.update({name: statistics.median(v) for name, v in aggregation.items()})
         ms = {k: 1e3 * v for k, v in t.items()}
-        ms['agg_ratio'] = statistics.median(a / d for a, d in zip(aggregation['agg_sparse'], aggregation['agg_dense']))
+        ms['agg_ratio'] = paired_ratio(aggregation, 'agg_sparse', 'agg_dense')
         results[fraction] = ms
         print(f'| {100 * fraction:.0f} % | {100 * measured:.1f} % | {ms["sparse"]:.1f} | {ms["dense"]:.1f} | '
               f'{ms["cla"]:.1f} | {ms["sparse"] / ms["dense"]:.2f} | {ms["sparse"] / ms["cla"]:.2f} | '
@@ -224,7 +228,7 @@ def bench_edsr(args):
         times = alternating_times({name: (lambda net=net: net(x)) for name, net in nets.items()}, args.edsr_repeat)
     t = {name: statistics.median(v) for name, v in times.items()}
     # each network against EDSR-large in the same repetition: the median of the paired ratios
-    ratio = {name: statistics.median(a / b for a, b in zip(v, times['EDSR-large'])) for name, v in times.items()}
+    ratio = {name: paired_ratio(times, name, 'EDSR-large') for name in times}
     print(f'\nForward time, EDSR-large x2 (32 x 256, res_scale 0.1), one {args.size}x{args.size} LR input, eval, cpu, '
           f'{torch.get_num_threads()} thread(s), median of {args.edsr_repeat} alternating repetitions (CPU time); '
           f'ACLA at {SEARCHED} with {100 * fraction:.1f} % of its keys open')
