@@ -610,6 +610,31 @@ def cla_macs(num_feat, num_keys, height, width, key_layers, projected_layers, op
                              key_layers * scored_heads * num_keys * c + open_keys * per_open_key)
 
 
+def key_softmax(logits, layer_weights, dim):
+    """Softmax over the L*K keys of ``logits``, whose dims ``dim`` and ``dim + 1`` are (L, K), in which the key-layer
+    weights multiply each layer's exponentials (:meth:`CrossLayerAttention.softmax_weights` gives the formula).
+
+    Args:
+        logits (Tensor): Key logits, (L, K) at dims ``dim``, ``dim + 1``.
+        layer_weights (Tensor | None): Key-layer weights broadcastable to ``logits`` (L at ``dim``, 1 at
+            ``dim + 1``), or None for a plain softmax.
+        dim (int): The dim of L.
+
+    Returns:
+        Tensor: the weights, the shape of ``logits`` (float32 at least when ``layer_weights`` is given).
+    """
+    if layer_weights is None:
+        return logits.flatten(dim, dim + 1).softmax(dim).view(logits.shape)
+    dtype = torch.promote_types(logits.dtype, torch.float32)  # exponentials in float32 under autocast
+    logits, layer_weights = logits.to(dtype), layer_weights.to(dtype)
+    with torch.no_grad():
+        scores = logits + torch.log(layer_weights.clamp_min(LOG_FLOOR))
+        scores = torch.where(layer_weights > 0, scores, torch.full_like(scores, float('-inf')))
+        shift = scores.amax((dim, dim + 1), keepdim=True)
+    exps = torch.exp((logits - shift).clamp(max=EXP_CAP)) * layer_weights
+    return exps / exps.sum((dim, dim + 1), keepdim=True)
+
+
 class CrossLayerAttention(nn.Module):
     """Cross-Layer Attention (CLA), ACLA paper Sec. 3 and Tables 4-7: K learned keys per key layer.
 
@@ -674,20 +699,9 @@ class CrossLayerAttention(nn.Module):
         """
         b, _, h, w = x.shape
         logits = self.logit(x).view(b, self.num_key_layers, self.num_keys, h, w)
-        if layer_weights is None:
-            weights = logits.view(b, -1, h, w).softmax(1).view(b, self.num_key_layers, self.num_keys, h, w)
-        else:
-            dtype = torch.promote_types(logits.dtype, torch.float32)  # exponentials in float32 under autocast
-            logits = logits.to(dtype)
-            layer_weights = torch.as_tensor(layer_weights, device=x.device).to(dtype)
-            layer_weights = layer_weights.reshape(-1, self.num_key_layers, 1, 1, 1)
-            with torch.no_grad():
-                scores = logits + torch.log(layer_weights.clamp_min(LOG_FLOOR))
-                scores = torch.where(layer_weights > 0, scores, torch.full_like(scores, float('-inf')))
-                shift = scores.amax((1, 2), keepdim=True)
-            exps = torch.exp((logits - shift).clamp(max=EXP_CAP)) * layer_weights
-            weights = (exps / exps.sum((1, 2), keepdim=True)).to(x.dtype)
-        return weights
+        if layer_weights is not None:
+            layer_weights = torch.as_tensor(layer_weights, device=x.device).reshape(-1, self.num_key_layers, 1, 1, 1)
+        return key_softmax(logits, layer_weights, 1).to(x.dtype)
 
     def key_weights(self, x, layer_weights=None):
         """Weights of the K*L keys of every query pixel, (B, L, K, H, W), summing to at most 1: the
@@ -719,14 +733,17 @@ class CrossLayerAttention(nn.Module):
                   and x.device.type != 'meta')
         if not sparse:
             return x + self.proj(self._dense_update(x, key_layers, self.key_weights(x, layer_weights)))
-        weights, gates = self.softmax_weights(x, layer_weights), self.key_mask(x)
-        if gates is not None:
-            weights = weights * gates
-        is_open = torch.ones_like(weights, dtype=torch.bool) if gates is None else gates != 0
-        if layer_weights is not None:  # a key layer weighted 0 (supernet) has no open key
-            layer_weights = torch.as_tensor(layer_weights, device=x.device)
-            is_open = is_open & (layer_weights.reshape(-1, self.num_key_layers, 1, 1, 1) > 0)
-        return x + self.proj(self._sparse_update(x, key_layers, weights, is_open))
+        return x + self.proj(self._sparse_update(x, key_layers, layer_weights))
+
+    def _head_convs(self):
+        """The 1x1 convs on the query that the sparse evaluation computes as one matrix product: the logits
+        (ACLA: and the gates), K*L channels each."""
+        return [self.logit]
+
+    def _eval_gates(self, gate_logits):
+        """Hook of :meth:`_sparse_update`: the open keys (N, L, K) bool from the outputs of the head convs after the
+        logits, (N, K*L) gate logits in ACLA (None: no gates, every key open)."""
+        return None
 
     def _project_values(self, key_layers, layers=None):
         """Value maps ``W_l f_l + b_l`` of the key layers ``layers`` (default: all), one batched matmul.
@@ -753,38 +770,55 @@ class CrossLayerAttention(nn.Module):
         offsets = self.offset(x).view(b, self.num_key_layers, self.num_keys, 2, h, w)
         return sample_keys(values, offsets, weights, self.max_memory_mb, method=self.sampling_method)
 
-    def _sparse_update(self, x, key_layers, weights, is_open):
-        """The aggregated keys (B, C, H, W) from the open keys alone (evaluation), equal to :meth:`_dense_update`.
+    def _sparse_update(self, x, key_layers, layer_weights):
+        """The aggregated keys (B, C, H, W) from the open keys alone (evaluation), equal to :meth:`_dense_update` with
+        the :meth:`key_weights`.
 
-        ``is_open`` (B, L, K, H, W): the key's gate is open and its key layer kept (a closed key's weight is 0, so
-        it contributes nothing). The logits and gates were computed densely (the softmax needs every logit). Only
-        the key layers with an open key in the batch are projected (:meth:`_project_values`) and get offsets: the
-        offset conv's weight rows of those layers, one matrix product over the query pixels for every key of the
-        layers (2 K C MACs per pixel and projected layer, as torch's flop counter counts them; one GEMM is far
-        faster than gathering the open (pixel, key) pairs, which was measured). The aggregation
-        (:func:`aggregate_open_keys`) computes the corners of every key of those layers elementwise, selects the
-        open keys by one mask and sums their 4 bilinear corners by one ``F.embedding_bag`` with a bag of any size
-        per query pixel over the padded channels-last table (:func:`_padded_table`); a pixel without an open key
-        gets a zero. The query pixels are processed in chunks of at most ``min(max_memory_mb, 32)`` MiB.
+        The query pixels are read channels-last, (B*H*W, C). The logits (and ACLA's gates) of every key are one
+        matrix product with the weights of their 1x1 convs (:meth:`_head_convs`; the softmax needs every logit),
+        whose (pixel, layer, key) rows are the order of the bags: the softmax (:func:`key_softmax`) and the gates
+        (:meth:`_eval_gates`) run on them with no permuted copy. A key is open when its gate is and its key layer
+        is weighted above 0 (a closed key's weight is 0, so it contributes nothing). Only the key layers with an
+        open key in the batch are projected (:meth:`_project_values`) and get offsets: the offset conv's weight
+        rows of those layers, one matrix product over the query pixels for every key of the layers (2 K C MACs
+        per pixel and projected layer, as torch's flop counter counts them; one GEMM is far faster than gathering
+        the open (pixel, key) pairs, which was measured). The aggregation (:func:`aggregate_open_keys`) computes
+        the corners of every key of those layers elementwise, selects the open keys by one mask and sums their 4
+        bilinear corners by one ``F.embedding_bag`` with a bag of any size per query pixel over the padded
+        channels-last table (:func:`_padded_table`); a pixel without an open key gets a zero. The query pixels
+        are processed in chunks of at most ``min(max_memory_mb, 32)`` MiB.
         """
         b, c, h, w = x.shape
         num_layers, k = self.num_key_layers, self.num_keys
-        is_open = is_open.expand(b, num_layers, k, h, w)
-        layer_open = is_open.reshape(b, num_layers, -1).any(2).any(0)
-        self._count_projected_layers(layer_open, b * h * w)
+        pixels, keys = b * h * w, num_layers * k
+        query = x.permute(0, 2, 3, 1).reshape(pixels, c)
+        convs = self._head_convs()
+        heads = torch.addmm(torch.cat([conv.bias for conv in convs]), query,
+                            torch.cat([conv.weight.view(-1, c) for conv in convs]).t())
+        if layer_weights is not None:
+            layer_weights = torch.as_tensor(layer_weights, device=x.device).reshape(-1, 1, num_layers, 1)
+        weights = key_softmax(heads[:, :keys].view(b, h * w, num_layers, k), layer_weights, 2)
+        weights = weights.view(pixels, num_layers, k)
+        is_open = self._eval_gates(heads[:, keys:])
+        if is_open is None:
+            is_open = torch.ones(pixels, num_layers, k, dtype=torch.bool, device=x.device)
+        if layer_weights is not None:  # a key layer weighted 0 (supernet) has no open key
+            is_open = (is_open.view(b, h * w, num_layers, k) & (layer_weights > 0)).view(pixels, num_layers, k)
+        weights = weights.to(x.dtype) * is_open
+        layer_open = is_open.any(2).any(0)
+        self._count_projected_layers(layer_open, pixels)
         layers = layer_open.nonzero().squeeze(1)
         if not layers.numel():
             return x.new_zeros(x.shape)
         values = self._project_values(key_layers, layers.tolist()).permute(1, 0, 4, 2, 3)  # (B, L', C, H, W) view
         table = _padded_table(values)
         # (B*H*W, L', K): the keys of a pixel together, in the order of its bag
-        pixels, num = b * h * w, layers.numel()
-        weights = weights.permute(0, 3, 4, 1, 2).index_select(3, layers).view(pixels, num, k)
-        is_open = is_open.permute(0, 3, 4, 1, 2).index_select(3, layers).view(pixels, num, k)
+        num = layers.numel()
+        if num < num_layers:
+            weights, is_open = weights.index_select(1, layers), is_open.index_select(1, layers)
         # the offset conv restricted to the projected layers, as a product with the channels-last queries
         rows = self.offset.weight.view(num_layers, 2 * k, c).index_select(0, layers).view(num * 2 * k, c).t()
         bias = self.offset.bias.view(num_layers, 2 * k).index_select(0, layers).view(-1)
-        query = x.permute(0, 2, 3, 1).reshape(pixels, c)
         chunk = _chunk_size(min(self.max_memory_mb, _SPARSE_CHUNK_MB), num * k * _BYTES_PER_SPARSE_KEY)
         out = []
         for start in range(0, pixels, chunk):
@@ -934,17 +968,30 @@ class AdaptiveCrossLayerAttention(CrossLayerAttention):
         else:
             gates = (logits > 0).to(logits)
         active = gates.detach().sum(2)
+        if not self.training:
+            self._record_eval_keys(active.sum((0, 2, 3)), active[:, 0].numel())
+            return gates
         self.last_active_keys = active.mean((0, 2, 3))
-        if self.training:
-            previous = self.smoothed_active_keys
-            self.smoothed_active_keys = self.last_active_keys if previous is None else (
-                previous * KEY_STATS_DECAY + self.last_active_keys * (1 - KEY_STATS_DECAY))
-        if self.training:  # the expectation the MAC term differentiates: P(g + s L > 0) = sigmoid(g / s)
-            self.expected_open_keys = torch.sigmoid(logits / max(self.noise, self.temperature)).sum(2).mean((0, 2, 3))
-        else:
-            self._key_sum = self._key_sum.to(active) + active.sum((0, 2, 3))
-            self._key_count += active[:, 0].numel()
+        previous = self.smoothed_active_keys
+        self.smoothed_active_keys = self.last_active_keys if previous is None else (
+            previous * KEY_STATS_DECAY + self.last_active_keys * (1 - KEY_STATS_DECAY))
+        # the expectation the MAC term differentiates: P(g + s L > 0) = sigmoid(g / s)
+        self.expected_open_keys = torch.sigmoid(logits / max(self.noise, self.temperature)).sum(2).mean((0, 2, 3))
         return gates
+
+    def _head_convs(self):
+        return [self.logit, self.gate]
+
+    def _eval_gates(self, gate_logits):
+        is_open = (gate_logits > 0).view(gate_logits.shape[0], self.num_key_layers, self.num_keys)
+        self._record_eval_keys(is_open.sum((0, 2), dtype=torch.float32), is_open.shape[0])
+        return is_open
+
+    def _record_eval_keys(self, total, pixels):
+        """An evaluation pass opened ``total`` (L,) keys per key layer over ``pixels`` query pixels."""
+        self.last_active_keys = total / pixels
+        self._key_sum = self._key_sum.to(total) + total
+        self._key_count += pixels
 
     def reset_key_stats(self):
         """Forget the open keys (and projected key layers) accumulated by evaluation passes."""
