@@ -65,6 +65,28 @@ def test_sparse_module_equals_dense(case):
         assert module.measured_projected_layers() == [0.0, 0.0, 0.0]
 
 
+def test_sparse_and_dense_evaluation_record_the_same_open_keys():
+    """The sparse path reads the gates from its one product of the heads: the open keys it records per key layer
+    (last pass, and accumulated over passes) are those the dense path records from the gate conv."""
+    module = gated_module()
+    set_gates(module, 'mixed')
+    x, keys = torch.randn(3, 8, 7, 9), [torch.randn(3, 8, 7, 9) for _ in range(3)]
+    recorded = []
+    for sparse in (True, False):
+        module.eval().sparse_eval = sparse
+        module.reset_key_stats()
+        with torch.no_grad():
+            module(x, keys)
+            last = module.last_active_keys.clone()
+            module(x[:1], [k[:1] for k in keys])
+        recorded.append((last, module.measured_active_keys()))
+    del module.sparse_eval
+    (sparse_last, sparse_measured), (dense_last, dense_measured) = recorded
+    torch.testing.assert_close(sparse_last, dense_last, rtol=1e-6, atol=1e-6)
+    assert sparse_measured == pytest.approx(dense_measured, abs=1e-6)
+    assert 0 < min(sparse_measured) and max(sparse_measured) < module.num_keys
+
+
 def test_sparse_module_far_keys_read_zeros_as_dense():
     """Keys just outside the map, a few pixels beyond its border, and 1e9 pixels away (past int32) read zero
     padding, as in the dense sampler; the integer corners are bounded before their conversion."""
